@@ -1,0 +1,37 @@
+// The fidec op library: schemas of every compiled op, and the Python module that reports the build.
+// Kernels register themselves per device in their own files (TORCH_LIBRARY_IMPL).
+#include <torch/extension.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(fidec, m) {
+  // Fake (meta) impls and autograd live in Python; tracing imports this module to find them.
+  m.set_python_module("fisher_decorator.ops");
+  // penalty[B], trace_per_dim[B] (in the input dtype) and the scores[B, K, d] (accumulation dtype)
+  // that the backward needs. t: [B, K] in the accumulation dtype.
+  m.def(
+      "fisher_penalty_fwd(Tensor velocity, Tensor x_t, Tensor t, Tensor residual, str score, float damping, "
+      "float score_eps, float trace_eps) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "fisher_penalty_bwd(Tensor grad_penalty, Tensor scores, Tensor residual, Tensor trace_per_dim, "
+      "float damping) -> Tensor");
+}
+
+#ifdef FIDEC_WITH_CUDA
+static constexpr bool kWithCuda = true;
+#else
+static constexpr bool kWithCuda = false;
+#endif
+#ifndef FIDEC_CUDA_ARCHS
+#define FIDEC_CUDA_ARCHS ""
+#endif
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "fisher-decorator compiled ops (registered under torch.ops.fidec)";
+  m.attr("with_cuda") = kWithCuda;
+  m.attr("cuda_archs") = FIDEC_CUDA_ARCHS;
+#ifdef _OPENMP
+  m.attr("with_openmp") = true;
+#else
+  m.attr("with_openmp") = false;
+#endif
+}

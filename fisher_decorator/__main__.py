@@ -1,0 +1,5 @@
+import sys
+
+from fisher_decorator.cli import main
+
+sys.exit(main())

@@ -1,0 +1,85 @@
+"""``fidec info``: versions, the CPU, and which op backends this install can use."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+
+import torch
+
+
+def cpu_name() -> str:
+    """The CPU model as /proc/cpuinfo names it (benchmark rows carry it)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def device_name(device: torch.device | str = "cpu") -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return cpu_name()
+
+
+def environment() -> dict:
+    """What a benchmark row or a run's config records about the machine and the software."""
+    from fisher_decorator import __version__
+    from fisher_decorator.ops import backend_info
+
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    flags = cpu_flags()
+    return {
+        "fisher_decorator": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "cpu": cpu_name(),
+        "cpu_isa": sorted(f for f in flags if f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")),
+        "torch_threads": torch.get_num_threads(),
+        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "backends": backend_info(),
+    }
+
+
+def _run(args: argparse.Namespace) -> int:
+    env = environment()
+    if args.json:
+        print(json.dumps(env, indent=2))
+        return 0
+    for key, value in env.items():
+        if key == "backends":
+            print("backends:")
+            for name, state in value.items():
+                print(f"  {name:<10} {state}")
+        else:
+            print(f"{key}: {value}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("info", help="versions, CPU and the op backends available here")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.set_defaults(func=_run)

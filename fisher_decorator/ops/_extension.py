@@ -1,0 +1,99 @@
+"""Loading of the compiled extension and the report of which backends this machine has."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import warnings
+
+import torch
+
+from fdkernels.fisher_penalty import HAS_TRITON, triton_usable
+
+BACKENDS = ("reference", "cpu", "cuda", "triton")
+
+_BUILD_HINT = (
+    "build it with `pip install --no-build-isolation -e .` from the project root "
+    "(see the README: torch must be installed first)"
+)
+
+
+@functools.cache
+def _load():
+    """The compiled module, or the ImportError that says why it is missing."""
+    try:
+        return importlib.import_module("fisher_decorator._C"), None
+    except ImportError as exc:  # not built, or built against another torch
+        return None, exc
+
+
+def compiled_module():
+    """fisher_decorator._C; raises a RuntimeError saying how to build it when it is missing."""
+    mod, err = _load()
+    if mod is None:
+        raise RuntimeError(f"the compiled extension fisher_decorator._C is not available ({err}); {_BUILD_HINT}")
+    return mod
+
+
+def backend_info() -> dict[str, str]:
+    """Every backend with 'available' or the reason it is not."""
+    mod, err = _load()
+    info = {"reference": "available"}
+    info["cpu"] = "available" if mod is not None else f"compiled extension missing: {err}"
+    if mod is None:
+        info["cuda"] = f"compiled extension missing: {err}"
+    elif not mod.with_cuda:
+        info["cuda"] = "extension built without CUDA kernels (no nvcc at build time, or FIDEC_SKIP_CUDA=1)"
+    elif not torch.cuda.is_available():
+        info["cuda"] = f"CUDA kernels compiled (archs {mod.cuda_archs}) but no CUDA device is visible"
+    else:
+        info["cuda"] = "available"
+    if not HAS_TRITON:
+        info["triton"] = "triton is not installed (pip install triton)"
+    elif torch.cuda.is_available() or triton_usable(torch.device("cpu")):
+        info["triton"] = "available"
+    else:
+        info["triton"] = "no CUDA device; on CPU triton runs only under TRITON_INTERPRET=1 (for tests)"
+    return info
+
+
+def available_backends() -> list[str]:
+    """Names of the backends usable on this machine now, e.g. ['reference', 'cpu']."""
+    return [name for name, state in backend_info().items() if state == "available"]
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """The concrete backend for ``backend`` on ``device``; 'auto' picks the fastest usable one."""
+    if backend not in (*BACKENDS, "auto"):
+        raise ValueError(f"backend must be one of {('auto', *BACKENDS)}, got {backend!r}")
+    if backend == "auto":
+        mod, err = _load()
+        if device.type == "cpu":
+            if mod is None:
+                _warn_missing(err)
+                return "reference"
+            return "cpu"
+        if device.type == "cuda":
+            if mod is not None and mod.with_cuda:
+                return "cuda"
+            if HAS_TRITON:
+                return "triton"
+        return "reference"
+    if backend in ("cpu", "cuda"):
+        compiled_module()
+        if backend != device.type:
+            raise ValueError(f"backend {backend!r} needs {backend} tensors, got tensors on {device}")
+        if backend == "cuda" and not compiled_module().with_cuda:
+            raise RuntimeError(f"backend 'cuda': {backend_info()['cuda']}")
+    if backend == "triton" and not triton_usable(device):
+        raise RuntimeError(f"backend 'triton' cannot run on {device}: {backend_info()['triton']}")
+    return backend
+
+
+@functools.cache
+def _warn_missing(err) -> None:
+    warnings.warn(
+        f"fisher_decorator._C is not built ({err}); backend='auto' falls back to the slow reference. {_BUILD_HINT}",
+        RuntimeWarning,
+        stacklevel=3,
+    )

@@ -1,0 +1,40 @@
+"""Shared test setup: a seeded RNG per test, an inductor cache, GPU tests skipped without a GPU."""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+
+import numpy as np
+import pytest
+import torch
+
+# First inductor compiles take 10-17 s; a shared cache makes the later ones cheap.
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(tempfile.gettempdir(), "fidec-inductor-cache"))
+
+HAS_GPU = torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords and not HAS_GPU:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    """Every test starts from the same seed, so a failure reproduces."""
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture
+def triton_interpret(monkeypatch):
+    """Run Triton kernels on the CPU through Triton's interpreter, for this test only."""
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    yield

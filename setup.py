@@ -83,7 +83,9 @@ def _gencode_flags(spec: str) -> list[str]:
         ptx = item.endswith("+PTX")
         num = item.replace("+PTX", "").replace(".", "")
         if not num.isdigit():
-            raise RuntimeError(f"FIDEC_CUDA_ARCHS: cannot read architecture {item!r} (expected e.g. 8.0 or 9.0+PTX)")
+            raise RuntimeError(
+                f"FIDEC_CUDA_ARCHS: cannot read architecture {item!r} (expected e.g. 8.0 or 9.0+PTX)"
+            )
         flags.append(f"-gencode=arch=compute_{num},code=sm_{num}")
         if ptx:
             flags.append(f"-gencode=arch=compute_{num},code=compute_{num}")
@@ -100,7 +102,9 @@ def _cuda_plan() -> dict | None:
     nvcc = _find_nvcc()
     if nvcc is None:
         if _flag("FIDEC_FORCE_CUDA"):
-            raise RuntimeError("FIDEC_FORCE_CUDA=1 but nvcc was not found (set CUDA_HOME or put nvcc on PATH)")
+            raise RuntimeError(
+                "FIDEC_FORCE_CUDA=1 but nvcc was not found (set CUDA_HOME or put nvcc on PATH)"
+            )
         print("fisher-decorator: nvcc not found, building the CPU kernels only", file=sys.stderr)
         return None
     archs = os.environ.get("FIDEC_CUDA_ARCHS", DEFAULT_ARCHS)
@@ -121,8 +125,20 @@ class FidecBuildExt(BuildExtension):
 
             def compile_one(src: str) -> str:
                 obj = os.path.join(out_dir, os.path.basename(src) + ".o")
-                cmd = [plan["nvcc"], "-std=c++17", "-O3", "--use_fast_math", "-Xcompiler", "-fPIC",
-                       f"-I{CSRC}", "-c", src, "-o", obj, *plan["gencode"]]
+                cmd = [
+                    plan["nvcc"],
+                    "-std=c++17",
+                    "-O3",
+                    "--use_fast_math",
+                    "-Xcompiler",
+                    "-fPIC",
+                    f"-I{CSRC}",
+                    "-c",
+                    src,
+                    "-o",
+                    obj,
+                    *plan["gencode"],
+                ]
                 print(" ".join(cmd), file=sys.stderr)
                 proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
                 if proc.returncode != 0:

@@ -52,7 +52,10 @@ def _t_column(t: float | torch.Tensor, B: int, K: int, like: torch.Tensor) -> to
 
 
 def flow_score_ref(
-    velocity: torch.Tensor, x_t: torch.Tensor, t: float | torch.Tensor, kind: str = "velocity",
+    velocity: torch.Tensor,
+    x_t: torch.Tensor,
+    t: float | torch.Tensor,
+    kind: str = "velocity",
     eps: float = 1e-6,
 ) -> torch.Tensor:
     """Score of the flow's marginal at time t, from its velocity. ``velocity, x_t: [B, K, d]``.
@@ -74,8 +77,15 @@ def flow_score_ref(
 
 
 def fisher_matrix_ref(
-    velocity: torch.Tensor, x_t: torch.Tensor, t: float | torch.Tensor, *, score: str = "velocity",
-    damping: float = 1e-3, score_eps: float = 1e-6, trace_eps: float = 1e-6, normalize: bool = False,
+    velocity: torch.Tensor,
+    x_t: torch.Tensor,
+    t: float | torch.Tensor,
+    *,
+    score: str = "velocity",
+    damping: float = 1e-3,
+    score_eps: float = 1e-6,
+    trace_eps: float = 1e-6,
+    normalize: bool = False,
 ) -> torch.Tensor:
     """F[B, d, d] = sym(mean_k g_k g_k^T) + damping I; divided by c when ``normalize``."""
     B, K, d = velocity.shape
@@ -90,8 +100,15 @@ def fisher_matrix_ref(
 
 
 def fisher_penalty_ref(
-    velocity: torch.Tensor, x_t: torch.Tensor, t: float | torch.Tensor, residual: torch.Tensor, *,
-    score: str = "velocity", damping: float = 1e-3, score_eps: float = 1e-6, trace_eps: float = 1e-6,
+    velocity: torch.Tensor,
+    x_t: torch.Tensor,
+    t: float | torch.Tensor,
+    residual: torch.Tensor,
+    *,
+    score: str = "velocity",
+    damping: float = 1e-3,
+    score_eps: float = 1e-6,
+    trace_eps: float = 1e-6,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(penalty[B], trace_per_dim[B]) computed the authors' way, with a d x d matrix per state.
 
@@ -109,9 +126,23 @@ def fisher_penalty_ref(
 # Triton kernels
 # --------------------------------------------------------------------------------------------
 def _fisher_penalty_fwd_kernel(
-    v_ptr, x_ptr, t_ptr, r_ptr, pen_ptr, trace_ptr, score_ptr,
-    B, K, D, damping, score_eps, trace_eps,
-    TWEEDIE: tl.constexpr, ACC: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
+    v_ptr,
+    x_ptr,
+    t_ptr,
+    r_ptr,
+    pen_ptr,
+    trace_ptr,
+    score_ptr,
+    B,
+    K,
+    D,
+    damping,
+    score_eps,
+    trace_eps,
+    TWEEDIE: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     # One program: BLOCK_B states, all K samples, the whole action row (BLOCK_D >= D).
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -143,9 +174,18 @@ def _fisher_penalty_fwd_kernel(
 
 
 def _fisher_penalty_bwd_kernel(
-    gp_ptr, score_ptr, r_ptr, trace_ptr, gr_ptr,
-    B, K, D, damping,
-    ACC: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
+    gp_ptr,
+    score_ptr,
+    r_ptr,
+    trace_ptr,
+    gr_ptr,
+    B,
+    K,
+    D,
+    damping,
+    ACC: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     cols = tl.arange(0, BLOCK_D)
@@ -194,8 +234,14 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def fisher_penalty_forward(
-    velocity: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, residual: torch.Tensor, score: str,
-    damping: float, score_eps: float, trace_eps: float,
+    velocity: torch.Tensor,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    residual: torch.Tensor,
+    score: str,
+    damping: float,
+    score_eps: float,
+    trace_eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the forward kernel. Inputs contiguous, ``t: [B, K]``. Returns (penalty, trace, scores)."""
     B, K, D = velocity.shape
@@ -205,15 +251,32 @@ def fisher_penalty_forward(
     scores = torch.empty(B, K, D, dtype=acc, device=velocity.device)
     block_b, block_d, grid = _geometry(B, D)
     _kernel(_fisher_penalty_fwd_kernel)[(grid,)](
-        velocity, x_t, t, residual, pen, trace, scores, B, K, D, damping, score_eps, trace_eps,
-        TWEEDIE=score == "tweedie", ACC=tl.float64 if acc == torch.float64 else tl.float32,
-        BLOCK_B=block_b, BLOCK_D=block_d,
+        velocity,
+        x_t,
+        t,
+        residual,
+        pen,
+        trace,
+        scores,
+        B,
+        K,
+        D,
+        damping,
+        score_eps,
+        trace_eps,
+        TWEEDIE=score == "tweedie",
+        ACC=tl.float64 if acc == torch.float64 else tl.float32,
+        BLOCK_B=block_b,
+        BLOCK_D=block_d,
     )
     return pen.to(velocity.dtype), trace.to(velocity.dtype), scores
 
 
 def fisher_penalty_backward(
-    grad_penalty: torch.Tensor, scores: torch.Tensor, residual: torch.Tensor, trace_per_dim: torch.Tensor,
+    grad_penalty: torch.Tensor,
+    scores: torch.Tensor,
+    residual: torch.Tensor,
+    trace_per_dim: torch.Tensor,
     damping: float,
 ) -> torch.Tensor:
     """Launch the backward kernel: d(sum_b grad_penalty_b * pen_b) / d residual."""
@@ -222,8 +285,18 @@ def fisher_penalty_backward(
     grad_r = torch.empty(B, D, dtype=acc, device=scores.device)
     block_b, block_d, grid = _geometry(B, D)
     _kernel(_fisher_penalty_bwd_kernel)[(grid,)](
-        grad_penalty.contiguous(), scores, residual, trace_per_dim.contiguous(), grad_r, B, K, D, damping,
-        ACC=tl.float64 if acc == torch.float64 else tl.float32, BLOCK_B=block_b, BLOCK_D=block_d,
+        grad_penalty.contiguous(),
+        scores,
+        residual,
+        trace_per_dim.contiguous(),
+        grad_r,
+        B,
+        K,
+        D,
+        damping,
+        ACC=tl.float64 if acc == torch.float64 else tl.float32,
+        BLOCK_B=block_b,
+        BLOCK_D=block_d,
     )
     return grad_r.to(residual.dtype)
 
@@ -232,22 +305,37 @@ def fisher_penalty_backward(
 # trace under the interpreter), with a fake impl so torch.compile(fullgraph=True) still traces.
 @torch.library.custom_op("fidec_triton::fisher_penalty_fwd", mutates_args=())
 def fisher_penalty_triton_fwd(
-    velocity: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, residual: torch.Tensor, score: str,
-    damping: float, score_eps: float, trace_eps: float,
+    velocity: torch.Tensor,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    residual: torch.Tensor,
+    score: str,
+    damping: float,
+    score_eps: float,
+    trace_eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if not triton_usable(velocity.device):
         raise RuntimeError(
             "the triton backend needs a CUDA device, or TRITON_INTERPRET=1 set before the first call on CPU"
         )
     return fisher_penalty_forward(
-        velocity.contiguous(), x_t.contiguous(), t.contiguous(), residual.contiguous(), score, damping,
-        score_eps, trace_eps,
+        velocity.contiguous(),
+        x_t.contiguous(),
+        t.contiguous(),
+        residual.contiguous(),
+        score,
+        damping,
+        score_eps,
+        trace_eps,
     )
 
 
 @torch.library.custom_op("fidec_triton::fisher_penalty_bwd", mutates_args=())
 def fisher_penalty_triton_bwd(
-    grad_penalty: torch.Tensor, scores: torch.Tensor, residual: torch.Tensor, trace_per_dim: torch.Tensor,
+    grad_penalty: torch.Tensor,
+    scores: torch.Tensor,
+    residual: torch.Tensor,
+    trace_per_dim: torch.Tensor,
     damping: float,
 ) -> torch.Tensor:
     return fisher_penalty_backward(grad_penalty, scores, residual.contiguous(), trace_per_dim, damping)

@@ -10,14 +10,13 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = (
-    "fisher_decorator.info",
-)
+COMMAND_MODULES = ("fisher_decorator.info",)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="fidec", description="Fisher Decorator (FiDec): offline RL with a Fisher-penalised residual policy."
+        prog="fidec",
+        description="Fisher Decorator (FiDec): offline RL with a Fisher-penalised residual policy.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:

@@ -57,7 +57,9 @@ def environment() -> dict:
         "torch": torch.__version__,
         "triton": triton_version,
         "cpu": cpu_name(),
-        "cpu_isa": sorted(f for f in flags if f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")),
+        "cpu_isa": sorted(
+            f for f in flags if f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+        ),
         "torch_threads": torch.get_num_threads(),
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "backends": backend_info(),

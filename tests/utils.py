@@ -5,8 +5,15 @@ from __future__ import annotations
 import torch
 
 
-def assert_verbose_allclose(actual: torch.Tensor, expected: torch.Tensor, *, rtol: float, atol: float,
-                            name: str = "tensor", max_print: int = 5) -> None:
+def assert_verbose_allclose(
+    actual: torch.Tensor,
+    expected: torch.Tensor,
+    *,
+    rtol: float,
+    atol: float,
+    name: str = "tensor",
+    max_print: int = 5,
+) -> None:
     """allclose, and on failure: how many elements differ, the worst ones, NaN/Inf disagreements."""
     if actual.shape != expected.shape:
         raise AssertionError(f"{name}: shape {tuple(actual.shape)} != expected {tuple(expected.shape)}")
@@ -32,6 +39,8 @@ def assert_verbose_allclose(actual: torch.Tensor, expected: torch.Tensor, *, rto
     worst = torch.argsort(flat_err, descending=True)[:max_print]
     for i in worst.tolist():
         idx = tuple(int(v) for v in torch.unravel_index(torch.tensor(i), a.shape))
-        lines.append(f"  at {idx}: actual {a[idx].item():.6g}, expected {e[idx].item():.6g}, "
-                     f"abs err {err[idx].item():.3g}")
+        lines.append(
+            f"  at {idx}: actual {a[idx].item():.6g}, expected {e[idx].item():.6g}, "
+            f"abs err {err[idx].item():.3g}"
+        )
     raise AssertionError("\n".join(lines))

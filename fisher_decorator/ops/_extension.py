@@ -31,7 +31,9 @@ def compiled_module():
     """fisher_decorator._C; raises a RuntimeError saying how to build it when it is missing."""
     mod, err = _load()
     if mod is None:
-        raise RuntimeError(f"the compiled extension fisher_decorator._C is not available ({err}); {_BUILD_HINT}")
+        raise RuntimeError(
+            f"the compiled extension fisher_decorator._C is not available ({err}); {_BUILD_HINT}"
+        )
     return mod
 
 
@@ -93,7 +95,8 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 @functools.cache
 def _warn_missing(err) -> None:
     warnings.warn(
-        f"fisher_decorator._C is not built ({err}); backend='auto' falls back to the slow reference. {_BUILD_HINT}",
+        f"fisher_decorator._C is not built ({err}); backend='auto' falls back to the slow reference. "
+        f"{_BUILD_HINT}",
         RuntimeWarning,
         stacklevel=3,
     )

@@ -55,7 +55,9 @@ def _check_scores_args(velocity, x_t, t, score: str, eps_name: str, eps: float) 
         if t.device != velocity.device:
             raise ValueError(f"t is on {t.device} but velocity is on {velocity.device}")
         if tuple(t.shape) not in ((), (B,), (B, K)):
-            raise ValueError(f"t must be a float, a [B] = [{B}] or a [B, K] = [{B}, {K}] tensor, got {tuple(t.shape)}")
+            raise ValueError(
+                f"t must be a float, a [B] = [{B}] or a [B, K] = [{B}, {K}] tensor, got {tuple(t.shape)}"
+            )
     elif isinstance(t, (int, float)) and not isinstance(t, bool):
         if not math.isfinite(t):
             raise ValueError(f"t must be finite, got {t}")
@@ -92,8 +94,15 @@ def flow_score(
 
 
 def fisher_matrix(
-    velocity: torch.Tensor, x_t: torch.Tensor, t: TimeArg, *, score: str = "velocity", damping: float = 1e-3,
-    score_eps: float = 1e-6, trace_eps: float = 1e-6, normalize: bool = False,
+    velocity: torch.Tensor,
+    x_t: torch.Tensor,
+    t: TimeArg,
+    *,
+    score: str = "velocity",
+    damping: float = 1e-3,
+    score_eps: float = 1e-6,
+    trace_eps: float = 1e-6,
+    normalize: bool = False,
 ) -> torch.Tensor:
     """The materialised metric F[B, d, d] = sym(mean_k g_k g_k^T) + damping I (a diagnostic).
 
@@ -101,13 +110,29 @@ def fisher_matrix(
     matrix the penalty uses. Scores are detached, as in the penalty.
     """
     _check_scores_args(velocity, x_t, t, score, "score_eps", score_eps)
-    return fisher_matrix_ref(velocity, x_t, t, score=score, damping=damping, score_eps=score_eps,
-                             trace_eps=trace_eps, normalize=normalize)
+    return fisher_matrix_ref(
+        velocity,
+        x_t,
+        t,
+        score=score,
+        damping=damping,
+        score_eps=score_eps,
+        trace_eps=trace_eps,
+        normalize=normalize,
+    )
 
 
 def fisher_penalty(
-    velocity: torch.Tensor, x_t: torch.Tensor, t: TimeArg, residual: torch.Tensor, *, score: str = "velocity",
-    damping: float = 1e-3, score_eps: float = 1e-6, trace_eps: float = 1e-6, backend: str = "auto",
+    velocity: torch.Tensor,
+    x_t: torch.Tensor,
+    t: TimeArg,
+    residual: torch.Tensor,
+    *,
+    score: str = "velocity",
+    damping: float = 1e-3,
+    score_eps: float = 1e-6,
+    trace_eps: float = 1e-6,
+    backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Trace-normalised Fisher penalty of a residual, per state (SPEC sections 4-5).
 
@@ -140,14 +165,25 @@ def fisher_penalty(
 
     name = resolve_backend(backend, velocity.device)
     if name == "reference":
-        return fisher_penalty_ref(velocity, x_t, t, residual, score=score, damping=damping,
-                                  score_eps=score_eps, trace_eps=trace_eps)
+        return fisher_penalty_ref(
+            velocity, x_t, t, residual, score=score, damping=damping, score_eps=score_eps, trace_eps=trace_eps
+        )
     op = torch.ops.fidec_triton.fisher_penalty_fwd if name == "triton" else torch.ops.fidec.fisher_penalty_fwd
     tt = _t_matrix(t, B, K, _acc_dtype(velocity.dtype), velocity.device)
-    pen, trace, _ = op(velocity.detach(), x_t.detach(), tt, residual, score, float(damping), float(score_eps),
-                       float(trace_eps))
+    pen, trace, _ = op(
+        velocity.detach(),
+        x_t.detach(),
+        tt,
+        residual,
+        score,
+        float(damping),
+        float(score_eps),
+        float(trace_eps),
+    )
     return pen, trace
 
 
 if _load()[0] is not None:
-    register_fisher_penalty_op(torch.ops.fidec.fisher_penalty_fwd.default, torch.ops.fidec.fisher_penalty_bwd.default)
+    register_fisher_penalty_op(
+        torch.ops.fidec.fisher_penalty_fwd.default, torch.ops.fidec.fisher_penalty_bwd.default
+    )

@@ -4,8 +4,8 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(fidec, m) {
-  // Fake (meta) impls and autograd live in Python; tracing imports this module to find them.
-  m.set_python_module("fisher_decorator.ops");
+  // Fake (meta) impls and autograd are registered in Python by fisher_decorator.ops, which is the
+  // module that loads this library (fdkernels.fisher_penalty.register_fisher_penalty_op).
   // penalty[B], trace_per_dim[B] (in the input dtype) and the scores[B, K, d] (accumulation dtype)
   // that the backward needs. t: [B, K] in the accumulation dtype.
   m.def(

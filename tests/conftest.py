@@ -15,6 +15,10 @@ os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(tempfile.gettempdi
 
 HAS_GPU = torch.cuda.is_available()
 
+# Triton kernels on CPU need the interpreter from the moment triton is imported: that directory
+# runs in a subprocess (tests/test_triton_interpreter.py), never in this process.
+collect_ignore = [] if os.environ.get("TRITON_INTERPRET") == "1" else ["interpreted"]
+
 
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
@@ -29,12 +33,4 @@ def _seed_everything():
     random.seed(0)
     np.random.seed(0)  # noqa: NPY002 - seeds code that still uses the legacy global RNG
     torch.manual_seed(0)
-    yield
-
-
-@pytest.fixture
-def triton_interpret(monkeypatch):
-    """Run Triton kernels on the CPU through Triton's interpreter, for this test only."""
-    pytest.importorskip("triton")
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
     yield

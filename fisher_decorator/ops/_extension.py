@@ -18,13 +18,21 @@ _BUILD_HINT = (
 )
 
 
-@functools.cache
-def _load():
+def _import_compiled():
     """The compiled module, or the ImportError that says why it is missing."""
     try:
         return importlib.import_module("fisher_decorator._C"), None
     except ImportError as exc:  # not built, or built against another torch
         return None, exc
+
+
+# Loaded once at import: backend resolution then reads plain constants, which torch.compile traces.
+_COMPILED, _COMPILED_ERROR = _import_compiled()
+_WITH_CUDA = bool(_COMPILED is not None and _COMPILED.with_cuda)
+
+
+def _load():
+    return _COMPILED, _COMPILED_ERROR
 
 
 def compiled_module():
@@ -69,23 +77,23 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend not in (*BACKENDS, "auto"):
         raise ValueError(f"backend must be one of {('auto', *BACKENDS)}, got {backend!r}")
     if backend == "auto":
-        mod, err = _load()
         if device.type == "cpu":
-            if mod is None:
-                _warn_missing(err)
+            if _COMPILED is None:
+                _warn_missing(_COMPILED_ERROR)
                 return "reference"
             return "cpu"
         if device.type == "cuda":
-            if mod is not None and mod.with_cuda:
+            if _WITH_CUDA:
                 return "cuda"
             if HAS_TRITON:
                 return "triton"
         return "reference"
     if backend in ("cpu", "cuda"):
-        compiled_module()
+        if _COMPILED is None:
+            compiled_module()  # raises, saying how to build it
         if backend != device.type:
             raise ValueError(f"backend {backend!r} needs {backend} tensors, got tensors on {device}")
-        if backend == "cuda" and not compiled_module().with_cuda:
+        if backend == "cuda" and not _WITH_CUDA:
             raise RuntimeError(f"backend 'cuda': {backend_info()['cuda']}")
     if backend == "triton" and not triton_usable(device):
         raise RuntimeError(f"backend 'triton' cannot run on {device}: {backend_info()['triton']}")

@@ -1,0 +1,106 @@
+"""Tables from the benchmark rows in results/: ``python -m benchmarks.report [--write]``.
+
+For every results file (one machine each) and op, a markdown table per mode with each backend's
+median time, its speedup over the reference timed in the same run, and the peak memory. With
+``--write`` the tables replace the generated section of benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import pathlib
+
+from benchmarks.common import RESULTS
+
+README = pathlib.Path(__file__).resolve().parent / "README.md"
+BEGIN, END = "<!-- BEGIN GENERATED TABLES -->", "<!-- END GENERATED TABLES -->"
+SHAPE_KEYS = ("B", "K", "d")
+
+
+def _mib(n: int | None) -> str:
+    return "-" if n is None else f"{n / 2**20:.2f}"
+
+
+def op_table(machine: dict, rows: list[dict], op: str) -> str:
+    """Markdown for one op on one machine: a table per mode."""
+    by_mode: dict[str, dict[tuple, dict[str, dict]]] = collections.defaultdict(
+        lambda: collections.defaultdict(dict)
+    )
+    backends: list[str] = []
+    for row in rows:
+        case = row["case"]
+        if case["op"] != op:
+            continue
+        shape = tuple(case[k] for k in SHAPE_KEYS)
+        by_mode[case["mode"]][shape][case["backend"]] = row
+        if case["backend"] not in backends:
+            backends.append(case["backend"])
+    others = [b for b in backends if b != "reference"]
+    out = [
+        f"### `{op}` on {machine['device_name']} ({machine['device']}, torch {machine['torch']}, "
+        f"triton {machine['triton']}, {machine['torch_threads']} threads, commit {machine['commit']}, "
+        f"{machine['date']})",
+        "",
+        "Median ms (p20-p80 in the JSON); `x` = reference time / backend time, timed in the same run; "
+        "peak = MiB allocated during one call beyond its inputs. `-` = not run (reference over its memory limit).",
+    ]
+    for mode in ("fwd", "bwd", "fwdbwd"):
+        if mode not in by_mode:
+            continue
+        head = "| B | K | d | reference ms | ref peak MiB |"
+        sep = "|---|---|---|---|---|"
+        for b in others:
+            head += f" {b} ms | {b} x | {b} peak MiB |"
+            sep += "---|---|---|"
+        out += ["", f"**{mode}**", "", head, sep]
+        for shape in sorted(by_mode[mode]):
+            cells = by_mode[mode][shape]
+            ref = cells.get("reference")
+            line = f"| {' | '.join(map(str, shape))} | "
+            line += f"{ref['p50_ms']:.3f} | {_mib(ref['peak_bytes'])} |" if ref else "- | - |"
+            for b in others:
+                row = cells.get(b)
+                if row is None:
+                    line += " - | - | - |"
+                    continue
+                ratio = f"{ref['p50_ms'] / row['p50_ms']:.2f}" if ref else "-"
+                line += f" {row['p50_ms']:.3f} | {ratio} | {_mib(row['peak_bytes'])} |"
+            out.append(line)
+    return "\n".join(out)
+
+
+def all_tables() -> str:
+    parts = []
+    for path in sorted(RESULTS.glob("*.json")):
+        data = json.loads(path.read_text())
+        if not data.get("rows") or "case" not in data["rows"][0]:
+            continue
+        ops = sorted({r["case"].get("op") for r in data["rows"] if "op" in r["case"] and "mode" in r["case"]})
+        for op in ops:
+            parts.append(f"Source: `results/{path.name}`\n\n" + op_table(data["machine"], data["rows"], op))
+    return "\n\n".join(parts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--write", action="store_true", help="replace the generated section of benchmarks/README.md"
+    )
+    args = parser.parse_args()
+    tables = all_tables()
+    if not args.write:
+        print(tables)
+        return
+    text = README.read_text()
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"{README} lacks the {BEGIN} / {END} markers")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    README.write_text(f"{head}{BEGIN}\n{tables}\n{END}{tail}")
+    print(f"wrote tables to {README}")
+
+
+if __name__ == "__main__":
+    main()

@@ -10,13 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = (
-    "fisher_decorator.info",
-    "fisher_decorator.datasets.cli",
-    "fisher_decorator.commands.train",
-    "fisher_decorator.commands.evaluate",
-    "fisher_decorator.commands.plot",
-)
+COMMAND_MODULES = ("fisher_decorator.info", "fisher_decorator.datasets.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,11 +8,7 @@
 
 #include <stdint.h>
 
-#if defined(__CUDACC__)
-#define FIDEC_HD __host__ __device__ __forceinline__
-#else
-#define FIDEC_HD inline
-#endif
+#include "fidec_macros.h"
 
 namespace fidec {
 

@@ -14,6 +14,11 @@ TORCH_LIBRARY(fidec, m) {
   m.def(
       "fisher_penalty_bwd(Tensor grad_penalty, Tensor scores, Tensor residual, Tensor trace_per_dim, "
       "float damping) -> Tensor");
+  // h[G, R, H] <- gelu_tanh(h + bias[g]) in place: the first MLP layer of an Euler step, whose bias
+  // (state part of the layer + time) is per state g and shared by its R = K samples.
+  m.def("bias_gelu_(Tensor(a!) h, Tensor bias) -> ()");
+  // y = gelu_tanh(h + bias), ty = gelu_tanh'(h + bias) * th, and dy = gelu_tanh'(h + bias) (for backward).
+  m.def("gelu_jvp(Tensor h, Tensor bias, Tensor th) -> (Tensor, Tensor, Tensor)");
 }
 
 #ifdef FIDEC_WITH_CUDA

@@ -1,0 +1,354 @@
+"""What the three agents share: the config fields, the update noise, the critic, the update step.
+
+An update is a pure function of (parameters, optimizer state, batch, noise): every random draw
+of an update is made by :meth:`FlowAgent.sample_noise` from one ``torch.Generator`` (or passed in
+as a noise dataclass), so an update can be replayed bit for bit, compared across penalty backends
+and checked against other implementations.
+
+The update follows the authors' ``TrainState.apply_loss_fn`` and ``update``: one loss (critic +
+actor), one backward, the gradient scaled by ``min(1, grad_clip / (global_norm + 1e-6))``, one
+Adam step over every trainable parameter (``log_alpha`` included), then the target critic by
+Polyak averaging.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from fisher_decorator.config import ConfigError, _positive, option, validate
+from fisher_decorator.flows import euler_rollout, flow_matching_target
+from fisher_decorator.networks import CriticEnsemble, VelocityField, polyak_update
+
+Batch = dict[str, torch.Tensor]
+Info = dict[str, torch.Tensor]
+BATCH_KEYS = ("observations", "actions", "rewards", "masks", "next_observations")
+Q_AGG = ("mean", "min")
+
+
+def derive_seed(seed: int, stream: str) -> int:
+    """A 63-bit seed for one named random stream of a run (streams never share draws)."""
+    digest = hashlib.sha256(f"{int(seed)}/{stream}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Fields every agent has (defaults: the authors' ``get_config``)."""
+
+    lr: float = option(3e-4, "Adam learning rate (Adam eps 1e-8, as optax).")
+    adam_eps: float = option(1e-8, "Adam epsilon.")
+    actor_hidden_dims: tuple[int, ...] = option(
+        (512, 512, 512, 512), "Hidden widths of the flow and actor MLPs."
+    )
+    value_hidden_dims: tuple[int, ...] = option((512, 512, 512, 512), "Hidden widths of each critic head.")
+    layer_norm: bool = option(True, "LayerNorm after every hidden activation of the critic.")
+    actor_layer_norm: bool = option(False, "LayerNorm in the flow and actor MLPs.")
+    num_critics: int = option(2, "Critic ensemble size (heads evaluated in one batched computation).")
+    discount: float = option(0.99, "Discount factor gamma.")
+    tau: float = option(0.005, "Target critic Polyak rate: target <- tau * critic + (1 - tau) * target.")
+    grad_clip: float | None = option(5.0, "Global-norm gradient clip (None: no clipping).")
+    q_agg: str = option("mean", "How the target heads are combined in the critic target.", choices=Q_AGG)
+    flow_steps: int = option(10, "Euler steps N of the behaviour flow.")
+    normalize_q_loss: bool = option(
+        False, "Scale the actor's Q loss by 1 / mean|Q| (no gradient through it)."
+    )
+
+    def check(self) -> None:
+        _positive(self, "lr", "adam_eps", "num_critics", "flow_steps", "grad_clip")
+        if not 0.0 <= self.discount <= 1.0:
+            raise ConfigError(f"discount must be in [0, 1], got {self.discount}")
+        if not 0.0 < self.tau <= 1.0:
+            raise ConfigError(f"tau must be in (0, 1], got {self.tau}")
+        for name in ("actor_hidden_dims", "value_hidden_dims"):
+            dims = getattr(self, name)
+            if not dims or any(h <= 0 for h in dims):
+                raise ConfigError(f"{name} must be a non-empty tuple of positive widths, got {dims}")
+
+
+@dataclass
+class FlowNoise:
+    """Every random draw of one update of FQL or DeFlow (FiDec adds the Fisher draws).
+
+    next_action: [B, d] noise of the next action a' = policy(s', z) in the critic target.
+    flow_x0: [B, d] x0 of the flow-matching loss.  flow_t: [B, 1] its t ~ U[0, 1).
+    base: [B, d] noise of the base action euler(s, z) (DeFlow/FiDec) or of mu(s, z) (FQL).
+    metric: [B, d] noise of the diagnostic policy sample (the ``mse`` metric); drawn every step,
+        used only when metrics are computed, so the random streams never depend on the log interval.
+    """
+
+    next_action: torch.Tensor
+    flow_x0: torch.Tensor
+    flow_t: torch.Tensor
+    base: torch.Tensor
+    metric: torch.Tensor
+
+    def to(self, device=None, dtype=None) -> FlowNoise:
+        return type(self)(**{k: v.to(device=device, dtype=dtype) for k, v in self.tensors().items()})
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+class FlowAgent(nn.Module):
+    """Base of the agents: a behaviour flow ``velocity_field``, a critic ensemble and its target.
+
+    Subclasses add their actor networks in ``_build_actor`` and define ``policy_actions`` and
+    ``actor_loss``. Construction is deterministic in ``seed`` (its own generator, not the global one).
+    """
+
+    name: ClassVar[str] = ""
+    config_class: ClassVar[type] = AgentConfig
+    noise_class: ClassVar[type] = FlowNoise
+    # normalize_q_loss: 1 / max(mean|q|, eps) with this eps, or 1 / mean|q| when None.
+    q_norm_eps: ClassVar[float | None] = None
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        obs_dim: int,
+        action_dim: int,
+        *,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
+        super().__init__()
+        if not isinstance(config, self.config_class):
+            raise TypeError(
+                f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}"
+            )
+        validate(config)
+        if obs_dim < 1 or action_dim < 1:
+            raise ValueError(f"obs_dim and action_dim must be >= 1, got {obs_dim} and {action_dim}")
+        self.config = config
+        self.obs_dim, self.action_dim = int(obs_dim), int(action_dim)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.seed = int(seed)
+        init = torch.Generator().manual_seed(derive_seed(seed, "init"))
+        kw = dict(generator=init, dtype=dtype)
+        self.velocity_field = VelocityField(
+            obs_dim, action_dim, config.actor_hidden_dims, layer_norm=config.actor_layer_norm, **kw
+        )
+        self._build_actor(init, dtype)
+        self.critic = CriticEnsemble(
+            obs_dim,
+            action_dim,
+            config.value_hidden_dims,
+            num_heads=config.num_critics,
+            layer_norm=config.layer_norm,
+            **kw,
+        )
+        self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        self.to(self.device)
+        self.noise_generator = torch.Generator(device=self.device).manual_seed(derive_seed(seed, "noise"))
+        self.optimizer = torch.optim.Adam(self.trainable_parameters(), lr=config.lr, eps=config.adam_eps)
+        self.num_updates = 0
+
+    # ------------------------------------------------------------------ construction hooks
+    def _build_actor(self, generator: torch.Generator, dtype: torch.dtype) -> None:
+        raise NotImplementedError
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Every parameter the optimizer moves: all but the target critic's."""
+        target = {id(p) for p in self.target_critic.parameters()}
+        return [p for p in self.parameters() if id(p) not in target]
+
+    # ------------------------------------------------------------------ randomness
+    def _randn(self, g: torch.Generator, *shape: int) -> torch.Tensor:
+        return torch.randn(shape, generator=g, device=self.device, dtype=self.dtype)
+
+    def _rand(self, g: torch.Generator, *shape: int) -> torch.Tensor:
+        return torch.rand(shape, generator=g, device=self.device, dtype=self.dtype)
+
+    def sample_noise(self, batch_size: int, generator: torch.Generator | None = None) -> FlowNoise:
+        """Every draw of one update, in a fixed order, from ``generator`` (default: the agent's)."""
+        g = self.noise_generator if generator is None else generator
+        B, d = batch_size, self.action_dim
+        next_action = self._randn(g, B, d)
+        flow_x0 = self._randn(g, B, d)
+        flow_t = self._rand(g, B, 1)
+        base = self._randn(g, B, d)
+        extra = self._extra_noise(g, B)
+        metric = self._randn(g, B, d)
+        return self.noise_class(
+            next_action=next_action, flow_x0=flow_x0, flow_t=flow_t, base=base, metric=metric, **extra
+        )
+
+    def _extra_noise(self, g: torch.Generator, batch_size: int) -> dict[str, torch.Tensor]:
+        """Agent-specific draws, made after ``base`` and before ``metric``."""
+        return {}
+
+    # ------------------------------------------------------------------ acting
+    def flow_actions(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Behaviour-flow actions euler(s, z) (no gradient); noise [B, d] or [B, K, d]."""
+        return euler_rollout(self.velocity_field, obs, noise, self.config.flow_steps)
+
+    def policy_actions(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The agent's action for state ``obs [B, obs_dim]`` and noise ``[B, d]``, in [-1, 1]."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def sample_actions(
+        self,
+        obs: torch.Tensor,
+        *,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        mode: str = "default",
+        **kwargs,
+    ) -> torch.Tensor:
+        """Actions [B, d] for states [B, obs_dim] (or [d] for a single [obs_dim] state)."""
+        if mode != "default":
+            raise ConfigError(f"{self.name} samples actions only in mode 'default', got {mode!r}")
+        single = obs.dim() == 1
+        obs = obs[None] if single else obs
+        if noise is None:
+            noise = self._randn(
+                generator if generator is not None else self.noise_generator, obs.shape[0], self.action_dim
+            )
+        actions = self.policy_actions(obs, noise)
+        return actions[0] if single else actions
+
+    # ------------------------------------------------------------------ losses
+    def _check_batch(self, batch: Batch) -> int:
+        missing = [k for k in BATCH_KEYS if k not in batch]
+        if missing:
+            raise KeyError(f"batch lacks {missing}; an update needs {list(BATCH_KEYS)}")
+        obs, actions = batch["observations"], batch["actions"]
+        if obs.dim() != 2 or obs.shape[1] != self.obs_dim:
+            raise ValueError(f"batch['observations'] must be [B, {self.obs_dim}], got {tuple(obs.shape)}")
+        if actions.shape != (obs.shape[0], self.action_dim):
+            raise ValueError(f"batch['actions'] must be [B, {self.action_dim}], got {tuple(actions.shape)}")
+        return obs.shape[0]
+
+    def critic_loss(self, batch: Batch, noise: FlowNoise) -> tuple[torch.Tensor, Info]:
+        """SPEC 1: ``y = r + gamma * mask * agg_k Qtarg_k(s', policy(s'))``, mean over heads and batch of (Q_k - y)^2."""
+        with torch.no_grad():
+            next_obs = batch["next_observations"]
+            next_actions = self.policy_actions(next_obs, noise.next_action).clamp(-1.0, 1.0)
+            next_qs = self.target_critic(next_obs, next_actions)
+            next_q = next_qs.min(dim=0).values if self.config.q_agg == "min" else next_qs.mean(dim=0)
+            target_q = batch["rewards"] + self.config.discount * batch["masks"] * next_q
+        q = self.critic(batch["observations"], batch["actions"])
+        loss = (q - target_q).square().mean()
+        qd = q.detach()
+        return loss, {"critic_loss": loss.detach(), "q_mean": qd.mean(), "q_max": qd.max(), "q_min": qd.min()}
+
+    def flow_matching_loss(self, batch: Batch, noise: FlowNoise) -> torch.Tensor:
+        """SPEC 2: mean over batch and action dims of (v(s, x_t, t) - (a - x0))^2."""
+        x_t, target = flow_matching_target(batch["actions"], noise.flow_x0, noise.flow_t)
+        pred = self.velocity_field(batch["observations"], x_t, noise.flow_t)
+        return (pred - target).square().mean()
+
+    def q_loss(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """SPEC 7: ``-mean_b mean_k Q_k(s, a)`` with the critic held constant, optionally normalised.
+
+        Returns (q_loss, q [B]).
+        """
+        q = self.critic(obs, actions, detach_params=True).mean(dim=0)
+        loss = -q.mean()
+        if self.config.normalize_q_loss:
+            scale = q.detach().abs().mean()
+            if self.q_norm_eps is not None:
+                scale = scale.clamp(min=self.q_norm_eps)
+            loss = loss / scale
+        return loss, q
+
+    def actor_loss(
+        self, batch: Batch, noise: FlowNoise, *, with_metrics: bool = True
+    ) -> tuple[torch.Tensor, Info]:
+        raise NotImplementedError
+
+    def total_loss(
+        self, batch: Batch, noise: FlowNoise, *, with_metrics: bool = True
+    ) -> tuple[torch.Tensor, Info]:
+        """critic + actor loss, and the metrics as ``critic/...`` and ``actor/...``."""
+        critic_loss, critic_info = self.critic_loss(batch, noise)
+        actor_loss, actor_info = self.actor_loss(batch, noise, with_metrics=with_metrics)
+        info = {f"critic/{k}": v for k, v in critic_info.items()}
+        info.update({f"actor/{k}": v for k, v in actor_info.items()})
+        return critic_loss + actor_loss, info
+
+    # ------------------------------------------------------------------ the update
+    def update(self, batch: Batch, noise: FlowNoise | None = None, *, with_metrics: bool = True) -> Info:
+        """One gradient step. ``noise`` (default: drawn from the agent's generator) makes it replayable.
+
+        Returns the metrics as 0-d tensors (no device sync here); ``with_metrics=False`` skips the
+        diagnostic-only work (the ``mse`` rollout, gradient statistics).
+        """
+        B = self._check_batch(batch)
+        if noise is None:
+            noise = self.sample_noise(B)
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, info = self.total_loss(batch, noise, with_metrics=with_metrics)
+        loss.backward()
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        for p, g in zip(params, grads):
+            p.grad = g
+        norms = torch._foreach_norm(grads)
+        global_norm = torch.linalg.vector_norm(torch.stack(norms))
+        if with_metrics:
+            info["grad/max"] = torch.stack([g.max() for g in grads]).max()
+            info["grad/min"] = torch.stack([g.min() for g in grads]).min()
+            info["grad/norm"] = torch.stack(norms).sum()  # the authors' figure: sum of per-tensor norms
+            info["grad/global_norm"] = global_norm
+        if self.config.grad_clip is not None:
+            scale = torch.clamp(self.config.grad_clip / (global_norm + 1e-6), max=1.0)
+            torch._foreach_mul_(grads, scale)
+            if with_metrics:
+                info["grad/clip_scale"] = scale
+                info["grad/norm_clipped"] = global_norm * scale
+        self.optimizer.step()
+        polyak_update(self.target_critic, self.critic, self.config.tau)
+        self.num_updates += 1
+        return {k: v.detach() for k, v in info.items()}
+
+    # ------------------------------------------------------------------ state
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Everything an update depends on besides the batch: parameters, Adam state, noise RNG."""
+        return {
+            "agent": self.name,
+            "model": self.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "noise_generator": self.noise_generator.get_state(),
+            "num_updates": self.num_updates,
+        }
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        if state.get("agent") != self.name:
+            raise ValueError(f"checkpoint holds a {state.get('agent')!r} agent, not {self.name!r}")
+        self.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.noise_generator.set_state(state["noise_generator"].cpu())
+        self.num_updates = int(state["num_updates"])
+
+
+class LagrangeMixin:
+    """``log_alpha`` and SPEC 6: ``alpha_loss = -log_alpha (D_detached - target)``, ``distill = alpha_detached D``."""
+
+    def _build_log_alpha(self, dtype: torch.dtype) -> None:
+        cfg = self.config
+        if cfg.use_lagrange:
+            self.log_alpha = nn.Parameter(torch.tensor(math.log(cfg.alpha), dtype=dtype))
+        else:
+            self.log_alpha = None
+
+    def lagrange(self, divergence: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(distill_loss, alpha_loss, alpha) for the divergence D (a 0-d tensor with gradient)."""
+        cfg = self.config
+        if cfg.use_lagrange:
+            alpha = self.log_alpha.exp()
+            alpha_loss = -self.log_alpha * (divergence.detach() - cfg.target_divergence)
+            return alpha.detach() * divergence, alpha_loss, alpha.detach()
+        alpha = torch.tensor(cfg.alpha, dtype=divergence.dtype, device=divergence.device)
+        return alpha * divergence, torch.zeros_like(divergence), alpha

@@ -1,0 +1,109 @@
+"""The residual ("decorator") policy shared by DeFlow and FiDec: ``a = clip(a_b + r(s, a_b), -1, 1)``.
+
+``a_b = euler(s, z)`` is the behaviour flow's action; ``r_phi(s, a)`` is the local transport map
+``T(a) = a + r(s, a)``. Besides the default sample, two evaluation modes of the authors' code:
+best-of-n base actions by Q (then one refinement) and iterative refinement (keep the best by Q).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from fisher_decorator.agents.base import AgentConfig, FlowAgent, LagrangeMixin
+from fisher_decorator.config import ConfigError, _positive, option
+from fisher_decorator.networks import StateActionMLP
+
+SAMPLING_MODES = ("default", "best_of_n", "iterative")
+
+
+@dataclass(frozen=True)
+class ResidualConfig(AgentConfig):
+    """Fields of the residual agents (DeFlow, FiDec)."""
+
+    alpha: float = option(
+        10.0, "Initial Lagrange multiplier alpha (fixed coefficient when use_lagrange is off)."
+    )
+    use_lagrange: bool = option(True, "Tune alpha by dual ascent on log_alpha towards target_divergence.")
+    target_divergence: float = option(0.001, "Divergence budget of the residual (SPEC 6).")
+
+    def check(self) -> None:
+        super().check()
+        _positive(self, "alpha")
+        _positive(self, "target_divergence", allow_zero=True)
+
+
+class ResidualAgent(LagrangeMixin, FlowAgent):
+    """Behaviour flow + residual + critic; subclasses define the divergence in ``actor_loss``."""
+
+    config_class: ClassVar[type] = ResidualConfig
+
+    def _build_actor(self, generator: torch.Generator, dtype: torch.dtype) -> None:
+        cfg = self.config
+        self.residual = StateActionMLP(
+            self.obs_dim,
+            self.action_dim,
+            cfg.actor_hidden_dims,
+            layer_norm=cfg.actor_layer_norm,
+            generator=generator,
+            dtype=dtype,
+        )
+        self._build_log_alpha(dtype)
+
+    def refine(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """One application of the transport map, clipped: ``clip(a + r(s, a), -1, 1)``."""
+        return (actions + self.residual(obs, actions)).clamp(-1.0, 1.0)
+
+    def policy_actions(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return self.refine(obs, self.flow_actions(obs, noise))
+
+    @torch.no_grad()
+    def sample_actions(
+        self,
+        obs: torch.Tensor,
+        *,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        mode: str = "default",
+        num_samples: int = 10,
+        num_refine_steps: int = 5,
+    ) -> torch.Tensor:
+        """Actions [B, d] for states [B, obs_dim] (or [d] for one [obs_dim] state).
+
+        mode "default": ``clip(a_b + r(s, a_b))`` with a_b = euler(s, z), noise [B, d].
+        mode "best_of_n": ``num_samples`` base actions per state (noise [B, n, d]), keep the one
+            with the highest mean-over-heads Q, refine it once (the authors' ``sample_actions_max_q``).
+        mode "iterative": a_0 = euler(s, z), a_{i+1} = clip(a_i + r(s, a_i)) for ``num_refine_steps``
+            steps; keep the a_i with the highest Q (``sample_actions_iterative_refinement``).
+        """
+        if mode not in SAMPLING_MODES:
+            raise ConfigError(f"sampling mode must be one of {list(SAMPLING_MODES)}, got {mode!r}")
+        single = obs.dim() == 1
+        obs = obs[None] if single else obs
+        B, d = obs.shape[0], self.action_dim
+        g = generator if generator is not None else self.noise_generator
+        if mode == "best_of_n":
+            if noise is None:
+                noise = self._randn(g, B, num_samples, d)
+            base = self.flow_actions(obs, noise)  # [B, n, d]
+            n = base.shape[1]
+            q = self.critic(obs.repeat_interleave(n, dim=0), base.reshape(B * n, d)).mean(dim=0).reshape(B, n)
+            best = base[torch.arange(B, device=obs.device), q.argmax(dim=1)]
+            actions = self.refine(obs, best)
+        else:
+            if noise is None:
+                noise = self._randn(g, B, d)
+            actions = self.flow_actions(obs, noise)
+            if mode == "default":
+                actions = self.refine(obs, actions)
+            else:
+                chain = [actions]
+                for _ in range(num_refine_steps):
+                    chain.append(self.refine(obs, chain[-1]))
+                stacked = torch.stack(chain)  # [S+1, B, d]
+                S1 = stacked.shape[0]
+                q = self.critic(obs.repeat(S1, 1), stacked.reshape(S1 * B, d)).mean(dim=0).reshape(S1, B)
+                actions = stacked[q.argmax(dim=0), torch.arange(B, device=obs.device)]
+        return actions[0] if single else actions

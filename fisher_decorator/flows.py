@@ -1,0 +1,63 @@
+"""Flow-matching pieces shared by every agent: the Euler rollout and the flow-matching interpolant.
+
+Every rollout of every agent (critic targets, base actions of the residual, the K Fisher samples,
+evaluation, diagnostics) goes through :func:`euler_rollout`, so a fused kernel can replace it
+in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+VelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@torch.no_grad()
+def euler_rollout(
+    velocity_field: VelocityFn, obs: torch.Tensor, noise: torch.Tensor, steps: int
+) -> torch.Tensor:
+    """Actions of the behaviour flow: ``x_0 = noise``, ``x_{i+1} = x_i + v(s, x_i, i/N) / N``, clipped to [-1, 1].
+
+    Always without gradient (SPEC "Sampling").
+
+    Args:
+        velocity_field: ``v(obs [M, obs_dim], x [M, d], t [M, 1]) -> [M, d]``.
+        obs: [B, obs_dim] states.
+        noise: [B, d] one starting point per state, or [B, K, d] K starting points per state; the
+            K samples of all states then run as one (B*K)-row batch (states repeated K times in
+            place, like the authors' ``jnp.repeat``).
+        steps: N, the number of Euler steps (>= 1).
+
+    Returns:
+        actions with ``noise``'s shape.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if obs.dim() != 2:
+        raise ValueError(f"obs must be [B, obs_dim], got shape {tuple(obs.shape)}")
+    if noise.dim() not in (2, 3) or noise.shape[0] != obs.shape[0]:
+        raise ValueError(
+            f"noise must be [B, d] or [B, K, d] with B = {obs.shape[0]} (obs' batch), got {tuple(noise.shape)}"
+        )
+    shape = noise.shape
+    if noise.dim() == 3:
+        obs = obs.repeat_interleave(shape[1], dim=0)
+        noise = noise.reshape(-1, shape[-1])
+    x = noise
+    t = torch.empty(x.shape[0], 1, dtype=x.dtype, device=x.device)
+    for i in range(steps):
+        t.fill_(i / steps)
+        x = x + velocity_field(obs, x, t) / steps
+    return x.clamp(-1.0, 1.0).reshape(shape)
+
+
+def flow_matching_target(
+    actions: torch.Tensor, x0: torch.Tensor, t: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The linear path of SPEC 2: ``(x_t, velocity target) = ((1 - t) x0 + t a, a - x0)``.
+
+    actions, x0: [B, d]; t: [B, 1].
+    """
+    return (1.0 - t) * x0 + t * actions, actions - x0

@@ -62,5 +62,5 @@ def action_statistics(actions: np.ndarray) -> dict:
         "n": int(a.shape[0]),
         "mean": [round(float(x), 5) for x in a.mean(axis=0)],
         "std": [round(float(x), 5) for x in a.std(axis=0)],
-        "frac_at_bound": [round(float(x), 5) for x in (np.abs(a) >= 1 - 1e-6).mean(axis=0)],
+        "frac_at_bound": [round(float(x), 5) for x in (np.abs(a) >= 1 - 1e-4).mean(axis=0)],
     }

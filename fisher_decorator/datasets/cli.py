@@ -15,6 +15,7 @@ import json
 import os
 import pathlib
 import sys
+import time
 
 from fisher_decorator.datasets.errors import DatasetError, DatasetNotFoundError
 from fisher_decorator.datasets.registry import (
@@ -196,19 +197,13 @@ def _bench(args) -> int:
             f"load {row['loadavg_before']} -> {row['loadavg_after']})"
         )
     if args.output:
-        result = {
-            "cpu": cpu_name(),
-            "cpu_count": os.cpu_count(),
-            "versions": software_versions(),
-            "generator_throughput": rows,
-        }
-        path = pathlib.Path(args.output)
-        if (
-            path.exists()
-        ):  # keep other sections (e.g. the full-regeneration timing) of an existing results file
-            result = {**json.loads(path.read_text()), **result}
         from fisher_decorator.datasets.fileio import write_json
 
+        path = pathlib.Path(args.output)
+        result = json.loads(path.read_text()) if path.exists() else {}  # keep earlier runs and other sections
+        result.update(cpu=cpu_name(), cpu_count=os.cpu_count(), versions=software_versions())
+        run = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": rows}
+        result["generator_throughput_runs"] = [*result.get("generator_throughput_runs", []), run]
         write_json(path, result)
         print(f"wrote {path}")
     return 0

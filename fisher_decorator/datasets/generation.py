@@ -122,9 +122,11 @@ class GenerationPlan:
         }
 
     def plan_hash(self) -> str:
-        """Hash of everything that determines the data, including the ogbench and mujoco versions."""
+        """Hash of everything that determines the data, including the ogbench and mujoco versions (not the shard
+        size: episodes are seeded individually, so the data do not depend on it)."""
         versions = software_versions()
         key = {**self.describe(), "ogbench": versions["ogbench"], "mujoco": versions["mujoco"]}
+        del key["shard_episodes"]
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 

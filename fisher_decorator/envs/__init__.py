@@ -1,0 +1,24 @@
+"""Tasks the trainer can run: OGBench single tasks and the built-in ``toy-bandit``.
+
+A task object has ``name``, ``obs_dim`` / ``action_dim`` (known after ``load_data`` for OGBench),
+``load_data() -> TaskData`` (train / val dicts of float32 arrays, dataset name, files, manifest),
+``evaluate(act, episodes=, seed=, video_episodes=, video_frame_skip=) -> (stats, videos)`` where
+``act(obs [N, obs_dim]) -> actions [N, d]``, and ``close()``.
+"""
+
+from __future__ import annotations
+
+from fisher_decorator.envs.ogbench_tasks import OGBenchTask, make_env
+from fisher_decorator.envs.toy_bandit import ToyBanditTask
+from fisher_decorator.presets import parse_task
+
+
+def make_task(task: str, *, dataset_dir: str | None = None, seed: int = 0):
+    """The task object for ``task``; an unknown name gets an error listing the valid ones."""
+    info = parse_task(task)
+    if info.kind == "toy":
+        return ToyBanditTask(seed=seed)
+    return OGBenchTask(task, dataset_dir=dataset_dir)
+
+
+__all__ = ["OGBenchTask", "ToyBanditTask", "make_env", "make_task"]

@@ -1,0 +1,87 @@
+"""Task names and the per-task presets of ``tasks.json`` (the authors' settings, as data).
+
+``parse_task("cube-single-play-singletask-task2-v0")`` -> ``TaskName(kind="ogbench", family=
+"cube-single-play", dataset="cube-single-play-v0", ...)``; ``task_preset(task, agent)`` -> the
+train and agent overrides to apply before the command line's.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+TOY_TASKS = ("toy-bandit",)
+
+
+@functools.cache
+def load_presets() -> dict[str, Any]:
+    text = resources.files(__package__).joinpath("tasks.json").read_text()
+    return json.loads(text)
+
+
+def ogbench_families() -> list[str]:
+    return list(load_presets()["ogbench"]["families"])
+
+
+def ogbench_tasks(family: str | None = None) -> list[str]:
+    """Every OGBench single-task name the presets cover (the default task and task1..task5)."""
+    n = load_presets()["ogbench"]["tasks_per_family"]
+    fams = [family] if family else ogbench_families()
+    return [
+        name
+        for f in fams
+        for name in [f"{f}-singletask-v0"] + [f"{f}-singletask-task{i}-v0" for i in range(1, n + 1)]
+    ]
+
+
+def list_tasks() -> list[str]:
+    return [*TOY_TASKS, *ogbench_tasks()]
+
+
+@dataclass(frozen=True)
+class TaskName:
+    name: str
+    kind: str  # "ogbench" or "toy"
+    family: str | None = None  # e.g. "cube-single-play"
+    dataset: str | None = None  # e.g. "cube-single-play-v0" (the OGBench dataset file stem)
+    task_id: int | None = None  # 1..5, None for the env's default task
+
+
+_OGBENCH_RE = re.compile(r"^(?P<family>.+)-singletask(?:-task(?P<id>\d+))?-(?P<version>v\d+)$")
+
+
+def parse_task(task: str) -> TaskName:
+    """The task's kind, family and dataset; an unknown name lists the valid ones."""
+    if task in TOY_TASKS:
+        return TaskName(task, "toy")
+    m = _OGBENCH_RE.match(task)
+    families = ogbench_families()
+    n = load_presets()["ogbench"]["tasks_per_family"]
+    if m and m.group("family") in families and m.group("version") == "v0":
+        tid = int(m.group("id")) if m.group("id") else None
+        if tid is None or 1 <= tid <= n:
+            return TaskName(task, "ogbench", m.group("family"), f"{m.group('family')}-v0", tid)
+    raise ValueError(
+        f"unknown task {task!r}. Valid tasks: {', '.join(TOY_TASKS)}, or an OGBench single task "
+        f"<family>-singletask[-task1..{n}]-v0 with <family> one of: {', '.join(families)} "
+        f"(e.g. cube-single-play-singletask-task2-v0; `fidec train --list-tasks` lists all)"
+    )
+
+
+def task_preset(task: str, agent: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(train overrides, agent overrides) for ``agent`` on ``task``, as JSON values."""
+    info = parse_task(task)
+    presets = load_presets()
+    bench = presets["toy-bandit" if info.kind == "toy" else "ogbench"]
+    train = dict(bench.get("train", {}))
+    agents = bench.get("agents", {})
+    agent_over = {**agents.get("all", {}), **agents.get(agent, {})}
+    if info.kind == "ogbench":
+        fam = bench["families"][info.family]
+        agent_over.update(fam.get("all", {}))
+        agent_over.update(fam.get(agent, {}))
+    return train, agent_over

@@ -1,0 +1,444 @@
+"""The training loop: data, agent, logging, evaluation, checkpoints and resume.
+
+A run directory holds::
+
+    config.json        the resolved train and agent configs, preset, overrides, dataset manifest, machine
+    train.csv          metrics every log_interval steps (also in tensorboard/)
+    eval.csv           evaluations (success, return, length, ...)
+    checkpoint.pt      the latest checkpoint (atomic): parameters, Adam state, every RNG stream
+    summary.json       final score (the paper's protocol), timings
+    videos/            optional evaluation videos
+
+Random streams (all derived from the run's seed): network init, update noise, batch indices,
+validation batches (per log step), evaluation (per evaluation step). A killed run resumed from
+its checkpoint continues exactly as an uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fisher_decorator.agents import AGENTS, agent_class, derive_seed, make_agent
+from fisher_decorator.agents.base import AgentConfig
+from fisher_decorator.checkpoint import load_checkpoint, save_checkpoint, write_json
+from fisher_decorator.config import (
+    ConfigError,
+    TrainConfig,
+    apply_overrides,
+    field_names,
+    to_dict,
+    unknown_field_error,
+    validate,
+)
+from fisher_decorator.envs import make_task
+from fisher_decorator.evaluation import evaluate_agent, final_score, save_videos
+from fisher_decorator.logger import CSVLogger, TensorBoardLogger
+from fisher_decorator.presets import parse_task, task_preset
+from fisher_decorator.sampler import TransitionSampler
+
+CHECKPOINT = "checkpoint.pt"
+CONFIG = "config.json"
+SUMMARY = "summary.json"
+CHECKPOINT_VERSION = 1
+# TrainConfig fields a resumed run may change: none of them alters parameters or RNG streams.
+RESUMABLE_CHANGES = (
+    "steps",
+    "log_interval",
+    "eval_interval",
+    "eval_episodes",
+    "eval_at_start",
+    "eval_sampling",
+    "eval_num_samples",
+    "eval_refine_steps",
+    "video_episodes",
+    "video_frame_skip",
+    "score_steps",
+    "save_interval",
+    "dataset_dir",
+    "validation",
+    "device",
+    "threads",
+    "tensorboard",
+    "progress",
+)
+
+
+def split_overrides(overrides: dict[str, Any], agent_cls) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``--set`` items to (train, agent) overrides; ``train.x`` / ``agent.x`` force the side."""
+    train_fields, agent_fields = field_names(TrainConfig), field_names(agent_cls.config_class)
+    train, agent = {}, {}
+    for key, value in overrides.items():
+        side, _, name = key.rpartition(".")
+        if side == "train" or (not side and name in train_fields):
+            if name not in train_fields:
+                raise unknown_field_error(name, train_fields, "train config")
+            train[name] = value
+        elif side == "agent" or (not side and name in agent_fields):
+            if name not in agent_fields:
+                raise unknown_field_error(name, agent_fields, f"{agent_cls.name} agent config")
+            agent[name] = value
+        elif side:
+            raise ConfigError(f"override {key!r}: prefix must be 'train.' or 'agent.', got {side!r}")
+        else:
+            raise unknown_field_error(
+                name, train_fields + agent_fields, f"train or {agent_cls.name} agent config"
+            )
+    return train, agent
+
+
+def resolve_configs(
+    task: str, agent: str, *, flags: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None
+) -> tuple[TrainConfig, AgentConfig, dict[str, Any]]:
+    """Defaults < the task's preset < explicit flags < ``--set`` overrides. Returns the configs and a record."""
+    cls = agent_class(agent)
+    parse_task(task)
+    train_preset, agent_preset = task_preset(task, agent)
+    set_train, set_agent = split_overrides(dict(overrides or {}), cls)
+    train_cfg = apply_overrides(TrainConfig(task=task, agent=agent), train_preset, what="train config")
+    train_cfg = apply_overrides(
+        train_cfg, {k: v for k, v in (flags or {}).items() if v is not None}, what="train config"
+    )
+    train_cfg = apply_overrides(train_cfg, set_train, what="train config")
+    if train_cfg.task != task or train_cfg.agent != agent:
+        raise ConfigError("set the task and the agent with --task / --agent, not --set")
+    agent_cfg = apply_overrides(cls.config_class(), agent_preset, what=f"{agent} agent config")
+    agent_cfg = apply_overrides(agent_cfg, set_agent, what=f"{agent} agent config")
+    validate(train_cfg)
+    validate(agent_cfg)
+    record = {"train_preset": train_preset, "agent_preset": agent_preset, "overrides": dict(overrides or {})}
+    return train_cfg, agent_cfg, record
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but no CUDA device is available")
+    return device
+
+
+def load_run_config(run_dir: str | Path) -> tuple[TrainConfig, AgentConfig, dict[str, Any]]:
+    """The configs a run directory was started with (from its config.json)."""
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory: no {CONFIG}")
+    data = json.loads(path.read_text())
+    cls = agent_class(data["train"]["agent"])
+    train_cfg = apply_overrides(TrainConfig(), data["train"], what="train config")
+    agent_cfg = apply_overrides(cls.config_class(), data["agent"], what="agent config")
+    return train_cfg, agent_cfg, data
+
+
+def _floats(info: dict[str, torch.Tensor]) -> dict[str, float]:
+    if not info:
+        return {}
+    keys = list(info)
+    values = torch.stack([info[k].detach().float().reshape(()) for k in keys]).cpu().tolist()
+    return dict(zip(keys, values))
+
+
+class Trainer:
+    """One run of one agent on one task. ``Trainer(...).run()`` returns the summary dict.
+
+    Args:
+        train_cfg, agent_cfg: the resolved configs (see :func:`resolve_configs`).
+        run_dir: the run directory (created; must not hold a run unless ``resume``).
+        resume: continue the run in ``run_dir`` from its checkpoint.
+        record: extra entries for config.json (preset, overrides, command line).
+        callback: ``callback(step, trainer)`` after every step (tests inject crashes with it).
+    """
+
+    def __init__(
+        self,
+        train_cfg: TrainConfig,
+        agent_cfg: AgentConfig,
+        run_dir: str | Path,
+        *,
+        resume: bool = False,
+        record: dict[str, Any] | None = None,
+        callback: Callable[[int, Trainer], None] | None = None,
+    ):
+        validate(train_cfg)
+        validate(agent_cfg)
+        if train_cfg.agent not in AGENTS:
+            raise ConfigError(f"unknown agent {train_cfg.agent!r}; choose one of {', '.join(AGENTS)}")
+        if not isinstance(agent_cfg, AGENTS[train_cfg.agent].config_class):
+            raise ConfigError(
+                f"agent config {type(agent_cfg).__name__} does not belong to agent {train_cfg.agent!r}"
+            )
+        self.cfg = train_cfg
+        self.agent_cfg = agent_cfg
+        self.run_dir = Path(run_dir)
+        self.resume = resume
+        self.record = dict(record or {})
+        self.callback = callback
+        self.step = 0
+        self.eval_history: list[dict[str, float]] = []
+        self._check_run_dir()
+
+    # ------------------------------------------------------------------ setup
+    def _check_run_dir(self) -> None:
+        ckpt = self.run_dir / CHECKPOINT
+        if self.resume:
+            if not ckpt.is_file():
+                raise FileNotFoundError(f"cannot resume: no {CHECKPOINT} in {self.run_dir}")
+            old_train, old_agent, _ = load_run_config(self.run_dir)
+            if to_dict(old_agent) != to_dict(self.agent_cfg):
+                diff = {
+                    k: (v, to_dict(self.agent_cfg)[k])
+                    for k, v in to_dict(old_agent).items()
+                    if to_dict(self.agent_cfg)[k] != v
+                }
+                raise ConfigError(f"cannot resume with a different agent config: {diff}")
+            changed = {
+                f.name
+                for f in dataclasses.fields(TrainConfig)
+                if getattr(old_train, f.name) != getattr(self.cfg, f.name) and f.name not in RESUMABLE_CHANGES
+            }
+            if changed:
+                raise ConfigError(
+                    f"cannot resume with changed {sorted(changed)}; a resumed run may change only {list(RESUMABLE_CHANGES)}"
+                )
+        elif (self.run_dir / CONFIG).exists() or ckpt.exists():
+            raise FileExistsError(
+                f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --out"
+            )
+
+    def _setup(self) -> None:
+        cfg = self.cfg
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device = resolve_device(cfg.device)
+        self.dtype = getattr(torch, cfg.dtype)
+        self.task = make_task(cfg.task, dataset_dir=cfg.dataset_dir, seed=cfg.seed)
+        self.data = self.task.load_data()
+        train = self.data.train
+        self.obs_dim = int(train["observations"].shape[-1])
+        self.action_dim = int(train["actions"].shape[-1])
+        self.agent = make_agent(
+            cfg.agent,
+            self.obs_dim,
+            self.action_dim,
+            self.agent_cfg,
+            seed=cfg.seed,
+            device=self.device,
+            dtype=self.dtype,
+        )
+        sampler_kw = dict(device=self.device, dtype=self.dtype, action_clip_eps=cfg.action_clip_eps or None)
+        self.sampler = TransitionSampler(train, seed=derive_seed(cfg.seed, "batches"), **sampler_kw)
+        self.val_sampler = None
+        if cfg.validation and self.data.val is not None and len(self.data.val.get("observations", ())) > 0:
+            self.val_sampler = TransitionSampler(self.data.val, seed=0, **sampler_kw)
+
+    def _config_record(self) -> dict[str, Any]:
+        from fisher_decorator.info import environment
+
+        data = self.data
+        return {
+            "train": to_dict(self.cfg),
+            "agent": to_dict(self.agent_cfg),
+            "obs_dim": self.obs_dim,
+            "action_dim": self.action_dim,
+            "dataset": {
+                "name": data.dataset_name,
+                "files": [str(p) for p in (data.files or [])],
+                "transitions": int(len(data.train["observations"])),
+                "val_transitions": int(len(data.val["observations"])) if data.val is not None else 0,
+                "manifest": data.manifest,
+            },
+            **self.record,
+            "environment": environment(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {
+            "version": CHECKPOINT_VERSION,
+            "step": self.step,
+            "agent": self.agent.checkpoint_state(),
+            "sampler": self.sampler.state(),
+            "eval_history": self.eval_history,
+            "train_time": self.train_time,
+            "train_config": to_dict(self.cfg),
+            "agent_config": to_dict(self.agent_cfg),
+        }
+
+    def save(self) -> None:
+        save_checkpoint(self.run_dir / CHECKPOINT, self.checkpoint_state())
+
+    def _restore(self) -> None:
+        state = load_checkpoint(self.run_dir / CHECKPOINT, map_location=self.device)
+        if state.get("version") != CHECKPOINT_VERSION:
+            raise RuntimeError(f"checkpoint version {state.get('version')} != {CHECKPOINT_VERSION}")
+        self.agent.load_checkpoint_state(state["agent"])
+        self.sampler.load_state(state["sampler"])
+        self.step = int(state["step"])
+        self.eval_history = list(state["eval_history"])
+        self.train_time = float(state.get("train_time", 0.0))
+
+    # ------------------------------------------------------------------ loop pieces
+    def _validation_metrics(self) -> dict[str, float]:
+        g = torch.Generator().manual_seed(derive_seed(self.cfg.seed, f"validation/{self.step}"))
+        batch = self.val_sampler.sample(self.cfg.batch_size, generator=g)
+        noise_gen = torch.Generator(device=self.device).manual_seed(
+            derive_seed(self.cfg.seed, f"validation-noise/{self.step}")
+        )
+        noise = self.agent.sample_noise(self.cfg.batch_size, generator=noise_gen)
+        with torch.no_grad():
+            _, info = self.agent.total_loss(batch, noise, with_metrics=True)
+        return {f"validation/{k}": v for k, v in _floats(info).items()}
+
+    def evaluate(self) -> dict[str, float]:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        stats, videos = evaluate_agent(
+            self.agent,
+            self.task,
+            episodes=cfg.eval_episodes,
+            seed=cfg.seed,
+            step=self.step,
+            mode=cfg.eval_sampling,
+            num_samples=cfg.eval_num_samples,
+            refine_steps=cfg.eval_refine_steps,
+            video_episodes=cfg.video_episodes,
+            video_frame_skip=cfg.video_frame_skip,
+        )
+        row = {f"evaluation/{k}": float(v) for k, v in stats.items()}
+        row["time/eval_time"] = time.perf_counter() - t0
+        if videos:
+            save_videos(videos, self.run_dir / "videos", self.step)
+        return row
+
+    def _eval_due(self, step: int) -> bool:
+        cfg = self.cfg
+        if cfg.eval_interval <= 0:
+            return False
+        return step % cfg.eval_interval == 0 or step == cfg.steps or (cfg.eval_at_start and step == 1)
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        self._setup()
+        self.train_time = 0.0
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.resume:
+            self._restore()
+            config = json.loads((self.run_dir / CONFIG).read_text())
+            config["train"] = to_dict(cfg)
+            config.setdefault("resumed_at", []).append(self.step)
+            write_json(self.run_dir / CONFIG, config)
+        else:
+            write_json(self.run_dir / CONFIG, self._config_record())
+        resume_step = self.step if self.resume else None
+        train_log = CSVLogger(self.run_dir / "train.csv", resume_step=resume_step)
+        eval_log = CSVLogger(self.run_dir / "eval.csv", resume_step=resume_step)
+        tb = None
+        if cfg.tensorboard:
+            tb = TensorBoardLogger(
+                self.run_dir / "tensorboard", purge_step=self.step + 1 if self.resume else None
+            )
+
+        from tqdm import tqdm
+
+        bar = tqdm(
+            total=cfg.steps,
+            initial=self.step,
+            disable=not cfg.progress,
+            dynamic_ncols=True,
+            smoothing=0.05,
+            unit="step",
+            desc=f"{cfg.agent} {cfg.task} s{cfg.seed}",
+            file=sys.stderr,
+        )
+        wall0 = time.perf_counter()
+        window_t, window_steps = 0.0, 0
+        try:
+            while self.step < cfg.steps:
+                t0 = time.perf_counter()
+                step = self.step + 1
+                with_metrics = step % cfg.log_interval == 0 or step == cfg.steps
+                batch = self.sampler.sample(cfg.batch_size)
+                info = self.agent.update(batch, with_metrics=with_metrics)
+                self.step = step
+                if with_metrics:
+                    row = _floats(info)
+                dt = time.perf_counter() - t0
+                self.train_time += dt
+                window_t += dt
+                window_steps += 1
+                if with_metrics:
+                    row["time/updates_per_sec"] = window_steps / max(window_t, 1e-12)
+                    row["time/train_time"] = self.train_time
+                    row["time/total_time"] = time.perf_counter() - wall0
+                    window_t, window_steps = 0.0, 0
+                    if self.val_sampler is not None:
+                        row.update(self._validation_metrics())
+                    train_log.log(row, step)
+                    if tb:
+                        tb.log(row, step)
+                    bar.set_postfix(
+                        critic=f"{row['critic/critic_loss']:.3g}", q=f"{row['actor/q']:.3g}", refresh=False
+                    )
+                if self._eval_due(step):
+                    erow = self.evaluate()
+                    self.eval_history.append({"step": step, **erow})
+                    eval_log.log(erow, step)
+                    if tb:
+                        tb.log(erow, step)
+                    bar.set_postfix(
+                        success=f"{erow.get('evaluation/success', float('nan')):.3f}", refresh=False
+                    )
+                if step % cfg.save_interval == 0 or step == cfg.steps:
+                    self.save()
+                    if tb:
+                        tb.flush()
+                bar.update(1)
+                if self.callback is not None:
+                    self.callback(step, self)
+        finally:
+            bar.close()
+            if tb:
+                tb.close()
+            self.task.close()
+        summary = {
+            "task": cfg.task,
+            "agent": cfg.agent,
+            "seed": cfg.seed,
+            "steps": self.step,
+            **final_score(self.eval_history, cfg.score_steps),
+            "last_evaluation": self.eval_history[-1] if self.eval_history else None,
+            "train_time_s": self.train_time,
+            "updates_per_sec": self.step / self.train_time if self.train_time > 0 else None,
+            "run_dir": str(self.run_dir),
+        }
+        write_json(self.run_dir / SUMMARY, summary)
+        return summary
+
+
+def load_agent(run_dir: str | Path, *, checkpoint: str | Path | None = None, device: str = "cpu"):
+    """(agent restored from the run's checkpoint, train config, checkpoint step)."""
+    run_dir = Path(run_dir)
+    train_cfg, agent_cfg, data = load_run_config(run_dir)
+    dev = resolve_device(device)
+    agent = make_agent(
+        train_cfg.agent,
+        int(data["obs_dim"]),
+        int(data["action_dim"]),
+        agent_cfg,
+        seed=train_cfg.seed,
+        device=dev,
+        dtype=getattr(torch, train_cfg.dtype),
+    )
+    state = load_checkpoint(checkpoint or run_dir / CHECKPOINT, map_location=dev)
+    agent.load_checkpoint_state(state["agent"])
+    return agent, train_cfg, int(state["step"])

@@ -10,7 +10,13 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ("fisher_decorator.info", "fisher_decorator.datasets.cli")
+COMMAND_MODULES = (
+    "fisher_decorator.info",
+    "fisher_decorator.datasets.cli",
+    "fisher_decorator.commands.train",
+    "fisher_decorator.commands.evaluate",
+    "fisher_decorator.commands.plot",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,1 @@
+"""Sub-commands of ``fidec`` that drive training: ``train``, ``eval``, ``plot``."""

@@ -1,0 +1,219 @@
+"""``fidec train``: train one or several agents on a task, with the task's preset applied.
+
+fidec train                                    # toy-bandit: FiDec and DeFlow, ~1 min, writes a PNG
+fidec train --agent fidec --task cube-single-play-singletask-task2-v0 --seed 0 --out runs/cube2-fidec
+fidec train ... --set fisher_t=0.9 --set actor_hidden_dims=256,256
+fidec train --out runs/cube2-fidec --resume    # continue a killed run from its checkpoint
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from fisher_decorator.agents import AGENTS, agent_class
+from fisher_decorator.config import ConfigError, TrainConfig, describe, field_names, to_dict
+
+DEFAULT_TOY_AGENTS = ("fidec", "deflow")
+
+
+def parse_sets(items: list[str] | None) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = value
+    return out
+
+
+def overrides_for(agent: str, agents: list[str], overrides: dict[str, str]) -> dict[str, str]:
+    """With several agents, an agent field goes to the agents that have it (unknown names stay, to fail)."""
+    if len(agents) == 1:
+        return overrides
+    fields = {a: set(field_names(agent_class(a).config_class)) for a in agents}
+    train = set(field_names(TrainConfig))
+    out = {}
+    for key, value in overrides.items():
+        name = key.rpartition(".")[2]
+        known_elsewhere = any(name in f for f in fields.values())
+        if name in train or name in fields[agent] or not known_elsewhere:
+            out[key] = value
+    return out
+
+
+def _agents(arg: str | None, task: str) -> list[str]:
+    if arg is None:
+        return list(DEFAULT_TOY_AGENTS) if task == "toy-bandit" else ["fidec"]
+    names = [a.strip() for a in arg.split(",") if a.strip()]
+    for n in names:
+        agent_class(n)
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--agent lists an agent twice: {arg}")
+    return names
+
+
+def _print_fields(agents: list[str]) -> None:
+    blocks = [("train", TrainConfig)] + [(a, agent_class(a).config_class) for a in agents]
+    for title, cls in blocks:
+        print(f"[{title}]")
+        for name, tname, value, doc in describe(cls):
+            print(f"  {name} ({tname}) = {value!r}\n      {doc}")
+
+
+def run_dirs_for(args, agents: list[str], seed: int) -> dict[str, Path]:
+    if args.out is not None:
+        out = Path(args.out)
+        return {agents[0]: out} if len(agents) == 1 else {a: out / a for a in agents}
+    parent = Path("runs") / args.task / f"seed{seed}"
+    return {a: parent / a for a in agents}
+
+
+def command_line(args: argparse.Namespace, agent: str) -> str:
+    """The ``fidec train`` command that reproduces this run (recorded in config.json)."""
+    parts = ["fidec", "train", "--agent", agent, "--task", args.task]
+    for flag in (
+        "seed",
+        "steps",
+        "out",
+        "dataset_dir",
+        "device",
+        "threads",
+        "eval_episodes",
+        "eval_interval",
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            parts += [f"--{flag.replace('_', '-')}", str(value)]
+    for flag in ("log_interval", "save_interval"):
+        value = getattr(args, flag)
+        if value is not None:
+            parts += [f"--{flag.replace('_', '-')}", str(value)]
+    for item in args.set or []:
+        parts += ["--set", item]
+    return " ".join(parts)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from fisher_decorator.trainer import Trainer, load_run_config, resolve_configs
+
+    if args.list_tasks:
+        from fisher_decorator.presets import list_tasks
+
+        print("\n".join(list_tasks()))
+        return 0
+    try:
+        if args.resume and args.out is None:
+            raise ConfigError("--resume needs --out (the run directory to continue)")
+        if args.resume and args.task is None and args.agent is None:
+            old, _, _ = load_run_config(args.out)
+            args.task, args.agent = old.task, old.agent
+        args.task = args.task or "toy-bandit"
+        agents = _agents(args.agent, args.task)
+        if args.list_fields:
+            _print_fields(agents)
+            return 0
+        flags = {
+            "seed": args.seed,
+            "steps": args.steps,
+            "dataset_dir": args.dataset_dir,
+            "device": args.device,
+            "eval_episodes": args.eval_episodes,
+            "eval_interval": args.eval_interval,
+            "log_interval": args.log_interval,
+            "save_interval": args.save_interval,
+            "threads": args.threads,
+            "progress": False if args.no_progress else None,
+        }
+        overrides = parse_sets(args.set)
+        resolved = {
+            a: resolve_configs(args.task, a, flags=flags, overrides=overrides_for(a, agents, overrides))
+            for a in agents
+        }
+        seed = next(iter(resolved.values()))[0].seed
+        dirs = run_dirs_for(args, agents, seed)
+        if args.print_config:
+            print(
+                json.dumps(
+                    {a: {"train": to_dict(t), "agent": to_dict(c)} for a, (t, c, _) in resolved.items()},
+                    indent=2,
+                )
+            )
+            return 0
+        summaries = {}
+        for agent, (train_cfg, agent_cfg, record) in resolved.items():
+            record["command"] = command_line(args, agent)
+            trainer = Trainer(train_cfg, agent_cfg, dirs[agent], resume=args.resume, record=record)
+            summaries[agent] = trainer.run()
+    except (ConfigError, FileExistsError, FileNotFoundError, ValueError, KeyError) as exc:
+        print(f"fidec train: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if type(exc).__name__ == "DatasetNotFoundError":
+            print(f"fidec train: error: {exc}", file=sys.stderr)
+            return 2
+        raise
+    for agent, s in summaries.items():
+        score = "n/a" if s["score"] is None else f"{s['score']:.4f}"
+        steps = ",".join(map(str, s["score_steps"])) or "-"
+        if s["missing_score_steps"]:
+            score += f" (not evaluated at {','.join(map(str, s['missing_score_steps']))})"
+        ups = f"{s['updates_per_sec']:.1f}" if s["updates_per_sec"] else "n/a"
+        print(
+            f"{agent}: {s['steps']} steps, {ups} updates/s, score = mean {s['score_key']} at step(s) {steps}: {score}"
+        )
+        print(f"  run dir: {s['run_dir']}")
+    if args.task == "toy-bandit" and not args.no_plot:
+        residual = {a: d for a, d in dirs.items() if a in ("fidec", "deflow")}
+        if residual:
+            from fisher_decorator.plotting import plot_toy_bandit
+
+            parent = Path(args.out) if args.out is not None else next(iter(dirs.values())).parent
+            png = plot_toy_bandit(residual, parent / "toy_bandit.png")
+            print(f"toy-bandit figure: {png}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train agents on a task (default: FiDec and DeFlow on the built-in toy-bandit)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--agent",
+        help=f"agent or comma list of agents: {', '.join(AGENTS)} (default: fidec; toy-bandit: fidec,deflow)",
+    )
+    p.add_argument(
+        "--task",
+        help="toy-bandit (default) or an OGBench single task, e.g. cube-single-play-singletask-task2-v0",
+    )
+    p.add_argument("--seed", type=int, help="run seed (default 0)")
+    p.add_argument("--steps", type=int, help="gradient updates (default: the task preset's)")
+    p.add_argument(
+        "--out",
+        help="run directory (with several agents: their parent); default runs/<task>/seed<seed>/<agent>",
+    )
+    p.add_argument("--dataset-dir", help="directory of the OGBench dataset files")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--eval-episodes", type=int, help="episodes per evaluation")
+    p.add_argument("--eval-interval", type=int, help="steps between evaluations (0: none)")
+    p.add_argument("--log-interval", type=int, help="steps between log rows")
+    p.add_argument("--save-interval", type=int, help="steps between checkpoints")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override any train or agent config field (repeatable)",
+    )
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-plot", action="store_true", help="toy-bandit: skip the figure")
+    p.add_argument("--list-tasks", action="store_true", help="list the task names and exit")
+    p.add_argument("--list-fields", action="store_true", help="list every config field with its doc and exit")
+    p.add_argument("--print-config", action="store_true", help="print the resolved configs and exit")
+    p.set_defaults(func=_run)

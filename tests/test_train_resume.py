@@ -49,6 +49,12 @@ def test_resume_after_a_crash_is_identical_to_a_straight_run(tmp_path, agent):
         a, b = read_csv(tmp_path / "straight" / name), read_csv(tmp_path / "crashed" / name)
         assert [r["step"] for r in a] == [r["step"] for r in b], name
         assert _strip_time(a) == _strip_time(b), name
+    if agent == "fidec":  # TensorBoard: the events past the checkpoint were purged on resume
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        acc = EventAccumulator(str(tmp_path / "crashed" / "tensorboard"))
+        acc.Reload()
+        assert [e.step for e in acc.Scalars("critic/critic_loss")] == [5, 10, 15, 20]
 
 
 def test_resume_can_extend_a_finished_run(tmp_path):

@@ -154,22 +154,16 @@ def plot_toy_bandit(run_dirs: dict[str, str | Path], out: str | Path, *, n: int 
             Ellipse(tb.BEHAVIOUR_MEAN, w, h, fill=False, ls="--", color="k", label="data support (3 std)")
         )
         ax.annotate(
-            "reward",
-            (0.55, -0.45),
-            (0.35, -0.65),
-            arrowprops=dict(arrowstyle="->", color="k"),
-            fontsize=9,
-            ha="center",
-        )
+            "reward 1 + a_0 + a_1", (0.62, -0.2), (0.47, -0.35), arrowprops=dict(arrowstyle="->", color="k"), fontsize=8,
+            ha="center", va="top",
+        )  # fmt: skip
         ax.set_xlim(-1, 1)
-        ax.set_ylim(-0.75, 0.75)
-        ax.set_aspect("equal")
+        ax.set_ylim(-0.4, 0.4)
         ax.set_xlabel("a_0 (wide axis)")
         ax.set_ylabel("a_1 (narrow axis)")
         ax.set_title(
-            f"{name}, step {step}\nrefinement r moves {move[0]:+.2f} std along the wide axis, "
-            f"{move[1]:+.2f} std along the narrow one\nrefined actions inside the data: {st['in_support']:.0%}, "
-            f"mean reward {st['return']:.3f}",
+            f"{name}, step {step}\nr moves {move[0]:+.2f} std (wide axis), {move[1]:+.2f} std (narrow axis)\n"
+            f"refined actions inside the data: {st['in_support']:.0%}, mean reward {st['return']:.3f}",
             fontsize=9,
         )
         ax.legend(fontsize=7, loc="upper left")

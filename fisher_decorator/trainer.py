@@ -208,9 +208,14 @@ class Trainer:
                 raise ConfigError(
                     f"cannot resume with changed {sorted(changed)}; a resumed run may change only {list(RESUMABLE_CHANGES)}"
                 )
-        elif (self.run_dir / CONFIG).exists() or ckpt.exists():
+        elif ckpt.exists():
             raise FileExistsError(
                 f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --out"
+            )
+        elif (self.run_dir / CONFIG).exists():
+            raise FileExistsError(
+                f"{self.run_dir} holds a run that stopped before its first checkpoint (nothing to resume); "
+                "delete the directory or choose another --out"
             )
 
     def _setup(self) -> None:
@@ -362,6 +367,7 @@ class Trainer:
         )
         wall0 = time.perf_counter()
         window_t, window_steps = 0.0, 0
+        postfix: dict[str, str] = {}
         try:
             while self.step < cfg.steps:
                 t0 = time.perf_counter()
@@ -386,9 +392,8 @@ class Trainer:
                     train_log.log(row, step)
                     if tb:
                         tb.log(row, step)
-                    bar.set_postfix(
-                        critic=f"{row['critic/critic_loss']:.3g}", q=f"{row['actor/q']:.3g}", refresh=False
-                    )
+                    postfix.update(critic=f"{row['critic/critic_loss']:.3g}", q=f"{row['actor/q']:.3g}")
+                    bar.set_postfix(postfix, refresh=False)
                 if self._eval_due(step):
                     erow = self.evaluate()
                     self.eval_history.append({"step": step, **erow})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -19,9 +20,9 @@ def _run(args: argparse.Namespace) -> int:
         runs = find_runs(args.paths)
         if args.out:
             out = Path(args.out)
-        else:
-            first = Path(args.paths[0])
-            out = (first if len(args.paths) == 1 and first.is_dir() else Path(".")) / "curves.png"
+        else:  # the folder the given paths share: `fidec plot runs/*` -> runs/curves.png
+            common = Path(os.path.commonpath([os.path.abspath(p) for p in args.paths]))
+            out = (common if common.is_dir() else common.parent) / "curves.png"
         metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
         print(f"learning curves of {len(runs)} run(s): {plot_learning_curves(runs, out, metrics=metrics)}")
         toy = {}

@@ -185,7 +185,8 @@ def losses(agent, live, frozen, cfg, batch, noise):
 
 
 def adam_clip_polyak(params, grads, target, cfg, *, lr, eps=1e-8, betas=(0.9, 0.999)):
-    """First Adam step after the global-norm clip, then the Polyak target (SPEC "Losses")."""
+    """First Adam step after the global-norm clip, and the Polyak target (SPEC "Losses") towards the
+    critic of before the step, as the authors' ``target_update`` (it reads the pre-update ``self.network``)."""
     norm = math.sqrt(sum(float((g**2).sum()) for g in grads.values()))
     scale = 1.0 if cfg["grad_clip"] is None else min(1.0, cfg["grad_clip"] / (norm + 1e-6))
     new = {}
@@ -196,5 +197,5 @@ def adam_clip_polyak(params, grads, target, cfg, *, lr, eps=1e-8, betas=(0.9, 0.
         new[k] = p - lr * m_hat / (np.sqrt(v_hat) + eps)
     new_target = {}
     for k, tp in target.items():
-        new_target[k] = cfg["tau"] * new["critic." + k] + (1 - cfg["tau"]) * tp
+        new_target[k] = cfg["tau"] * params["critic." + k] + (1 - cfg["tau"]) * tp
     return new, new_target, norm, scale

@@ -170,10 +170,14 @@ def test_target_critic_is_not_trained_and_follows_polyak(name):
     agent = make(name)
     assert all(not p.requires_grad for p in agent.target_critic.parameters())
     assert not any(p is q for p in agent.target_critic.parameters() for q in agent.trainable_parameters())
+    agent.update(batch())  # target == critic at creation; move them apart first
     before = [p.clone() for p in agent.target_critic.parameters()]
+    critic_before = [p.detach().clone() for p in agent.critic.parameters()]
     agent.update(batch())
     tau = agent.config.tau
-    for b_, t, c in zip(before, agent.target_critic.parameters(), agent.critic.parameters()):
+    assert any(not torch.equal(c, n) for c, n in zip(critic_before, agent.critic.parameters()))
+    # towards the critic of before the step, as the authors' target_update
+    for b_, t, c in zip(before, agent.target_critic.parameters(), critic_before):
         torch.testing.assert_close(t, tau * c + (1 - tau) * b_, rtol=1e-12, atol=1e-14)
 
 

@@ -7,8 +7,10 @@ and checked against other implementations.
 
 The update follows the authors' ``TrainState.apply_loss_fn`` and ``update``: one loss (critic +
 actor), one backward, the gradient scaled by ``min(1, grad_clip / (global_norm + 1e-6))``, one
-Adam step over every trainable parameter (``log_alpha`` included), then the target critic by
-Polyak averaging.
+Adam step over every trainable parameter (``log_alpha`` included), and the target critic by
+Polyak averaging, ``target <- tau * critic + (1 - tau) * target``, with the critic as it was
+*before* this step's Adam update: the authors' (and FQL's) ``target_update`` reads the old
+agent's ``self.network`` while writing the new one.
 """
 
 from __future__ import annotations
@@ -53,7 +55,9 @@ class AgentConfig:
     actor_layer_norm: bool = option(False, "LayerNorm in the flow and actor MLPs.")
     num_critics: int = option(2, "Critic ensemble size (heads evaluated in one batched computation).")
     discount: float = option(0.99, "Discount factor gamma.")
-    tau: float = option(0.005, "Target critic Polyak rate: target <- tau * critic + (1 - tau) * target.")
+    tau: float = option(
+        0.005, "Target critic Polyak rate: target <- tau * critic (before the step) + (1 - tau) * target."
+    )
     grad_clip: float | None = option(5.0, "Global-norm gradient clip (None: no clipping).")
     q_agg: str = option("mean", "How the target heads are combined in the critic target.", choices=Q_AGG)
     flow_steps: int = option(10, "Euler steps N of the behaviour flow.")
@@ -308,8 +312,10 @@ class FlowAgent(nn.Module):
             if with_metrics:
                 info["grad/clip_scale"] = scale
                 info["grad/norm_clipped"] = global_norm * scale
-        self.optimizer.step()
+        # The target moves towards the critic of *before* this step (the authors' target_update reads
+        # self.network, the pre-update parameters); the target takes no part in the gradient above.
         polyak_update(self.target_critic, self.critic, self.config.tau)
+        self.optimizer.step()
         self.num_updates += 1
         return {k: v.detach() for k, v in info.items()}
 

@@ -2,52 +2,94 @@
 //   bias_gelu_(h[G, R, H], bias[G, H])      h <- gelu(h + bias[g])  (in place; one bias row per group of
 //                                            R rows: the per-state first-layer bias of an Euler step)
 //   gelu_jvp(h[N, H], bias[H], th[N, H])    y = gelu(h + b), dy = gelu'(h + b), ty = dy * th
-// Vectorised with at::vec (the same Sleef tanh ATen's own GELU uses), one pass over memory.
+// One pass over memory; the row loops are plain arithmetic (gelu_row.h) that the compiler vectorises,
+// cloned for AVX-512 / AVX2 / baseline and picked at load time for the CPU at hand.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/functional.h>
-#include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
 #include "gelu_row.h"
 
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define FIDEC_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define FIDEC_CLONES
+#endif
+
 namespace fidec {
 namespace {
 
-using at::vec::Vectorized;
-
-template <typename T>
-inline Vectorized<T> vgelu(const Vectorized<T>& h) {
-  const auto half = Vectorized<T>(T(0.5)), one = Vectorized<T>(T(1));
-  const auto beta = Vectorized<T>(T(kGeluBeta)), kappa = Vectorized<T>(T(kGeluKappa));
-  const auto th = (beta * (h + kappa * h * h * h)).tanh();
-  return half * h * (one + th);
+FIDEC_CLONES void bias_gelu_row_f32(float* __restrict__ h, const float* __restrict__ b, int64_t H) {
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) h[j] = gelu_tanh<float>(h[j] + b[j]);
 }
 
-template <typename T>
-inline void vgelu_grad(const Vectorized<T>& h, Vectorized<T>& y, Vectorized<T>& dy) {
-  const auto half = Vectorized<T>(T(0.5)), one = Vectorized<T>(T(1)), three = Vectorized<T>(T(3));
-  const auto beta = Vectorized<T>(T(kGeluBeta)), kappa = Vectorized<T>(T(kGeluKappa));
-  const auto h2 = h * h;
-  const auto th = (beta * (h + kappa * h2 * h)).tanh();
-  y = half * h * (one + th);
-  dy = half * (one + th) + half * h * (one - th * th) * beta * (one + three * kappa * h2);
+FIDEC_CLONES void gelu_jvp_row_f32(const float* __restrict__ h, const float* __restrict__ b,
+                                   const float* __restrict__ th, float* __restrict__ y, float* __restrict__ ty,
+                                   float* __restrict__ dy, int64_t H) {
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    float yv, dv;
+    gelu_tanh_fwd_grad<float>(h[j] + b[j], &yv, &dv);
+    y[j] = yv;
+    dy[j] = dv;
+    ty[j] = dv * th[j];
+  }
 }
 
-// One row of H elements: h <- gelu(h + b). float/double run vectorised; bf16/half through float.
+FIDEC_CLONES void gelu_fwd_row_f32(const float* __restrict__ x, float* __restrict__ y, float* __restrict__ dy,
+                                   int64_t n) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) {
+    float yv, dv;
+    gelu_tanh_fwd_grad<float>(x[j], &yv, &dv);
+    y[j] = yv;
+    dy[j] = dv;
+  }
+}
+
+template <typename scalar_t>
+void gelu_fwd_range(const scalar_t* x, scalar_t* y, scalar_t* dy, int64_t n) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    gelu_fwd_row_f32(x, y, dy, n);
+  } else {
+    using acc_t = at::opmath_type<scalar_t>;
+    for (int64_t i = 0; i < n; ++i) {
+      acc_t yv, dv;
+      gelu_tanh_fwd_grad<acc_t>(static_cast<acc_t>(x[i]), &yv, &dv);
+      y[i] = static_cast<scalar_t>(yv);
+      dy[i] = static_cast<scalar_t>(dv);
+    }
+  }
+}
+
 template <typename scalar_t>
 void bias_gelu_row(scalar_t* h, const scalar_t* b, int64_t H) {
-  if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) {
-    using V = Vectorized<scalar_t>;
-    int64_t j = 0;
-    for (; j + V::size() <= H; j += V::size()) vgelu(V::loadu(h + j) + V::loadu(b + j)).store(h + j);
-    for (; j < H; ++j) h[j] = gelu_tanh<scalar_t>(h[j] + b[j]);
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    bias_gelu_row_f32(h, b, H);
   } else {
     using acc_t = at::opmath_type<scalar_t>;
     for (int64_t j = 0; j < H; ++j)
       h[j] = static_cast<scalar_t>(gelu_tanh<acc_t>(static_cast<acc_t>(h[j]) + static_cast<acc_t>(b[j])));
+  }
+}
+
+template <typename scalar_t>
+void gelu_jvp_row(const scalar_t* h, const scalar_t* b, const scalar_t* th, scalar_t* y, scalar_t* ty,
+                  scalar_t* dy, int64_t H) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    gelu_jvp_row_f32(h, b, th, y, ty, dy, H);
+  } else {
+    using acc_t = at::opmath_type<scalar_t>;
+    for (int64_t j = 0; j < H; ++j) {
+      acc_t yv, dv;
+      gelu_tanh_fwd_grad<acc_t>(static_cast<acc_t>(h[j]) + static_cast<acc_t>(b[j]), &yv, &dv);
+      y[j] = static_cast<scalar_t>(yv);
+      dy[j] = static_cast<scalar_t>(dv);
+      ty[j] = static_cast<scalar_t>(dv * static_cast<acc_t>(th[j]));
+    }
   }
 }
 
@@ -93,34 +135,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gelu_jvp_cpu(const at::Tensor& h_
     at::parallel_for(0, N, std::max<int64_t>(1, 16384 / std::max<int64_t>(H, 1)), [&](int64_t lo, int64_t hi) {
       for (int64_t row = lo; row < hi; ++row) {
         const int64_t o = row * H;
-        int64_t j = 0;
-        if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) {
-          using V = Vectorized<scalar_t>;
-          for (; j + V::size() <= H; j += V::size()) {
-            V yv, dv;
-            vgelu_grad(V::loadu(hp + o + j) + V::loadu(bp + j), yv, dv);
-            yv.store(yp + o + j);
-            dv.store(dyp + o + j);
-            (dv * V::loadu(tp + o + j)).store(typ + o + j);
-          }
-        }
-        using acc_t = at::opmath_type<scalar_t>;
-        for (; j < H; ++j) {
-          acc_t yv, dv;
-          gelu_tanh_fwd_grad<acc_t>(static_cast<acc_t>(hp[o + j]) + static_cast<acc_t>(bp[j]), &yv, &dv);
-          yp[o + j] = static_cast<scalar_t>(yv);
-          dyp[o + j] = static_cast<scalar_t>(dv);
-          typ[o + j] = static_cast<scalar_t>(dv * static_cast<acc_t>(tp[o + j]));
-        }
+        gelu_jvp_row(hp + o, bp, tp + o, yp + o, typ + o, dyp + o, H);
       }
     });
   });
   return {y, ty, dy};
 }
 
+std::tuple<at::Tensor, at::Tensor> gelu_fwd_cpu(const at::Tensor& x_) {
+  TORCH_CHECK(at::isFloatingType(x_.scalar_type()), "gelu_fwd: x must be floating, got ", x_.scalar_type());
+  const auto x = x_.contiguous();
+  auto y = at::empty_like(x), dy = at::empty_like(x);
+  const int64_t n = x.numel();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gelu_fwd_cpu", [&] {
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+    scalar_t* dyp = dy.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, n, 16384, [&](int64_t lo, int64_t hi) { gelu_fwd_range(xp + lo, yp + lo, dyp + lo, hi - lo); });
+  });
+  return {y, dy};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fidec, CPU, m) {
+  m.impl("gelu_fwd", &gelu_fwd_cpu);
   m.impl("bias_gelu_", &bias_gelu_cpu_);
   m.impl("gelu_jvp", &gelu_jvp_cpu);
 }

@@ -35,6 +35,17 @@ __global__ void gelu_jvp_kernel(const T* __restrict__ h, const T* __restrict__ b
   }
 }
 
+template <typename T>
+__global__ void gelu_fwd_kernel(const T* __restrict__ x, T* __restrict__ y, T* __restrict__ dy, int64_t total) {
+  using acc_t = typename AccType<T>::type;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    acc_t yv, dv;
+    gelu_tanh_fwd_grad<acc_t>(static_cast<acc_t>(x[i]), &yv, &dv);
+    y[i] = static_cast<T>(yv);
+    dy[i] = static_cast<T>(dv);
+  }
+}
+
 unsigned grid_for(int64_t total) {
   const int64_t blocks = (total + kThreads - 1) / kThreads;
   return static_cast<unsigned>(blocks < 65535 * 8 ? (blocks > 0 ? blocks : 1) : 65535 * 8);
@@ -60,8 +71,20 @@ int launch_gelu_jvp(const void* h, const void* b, const void* th, void* y, void*
   return static_cast<int>(cudaGetLastError());
 }
 
+template <typename T>
+int launch_gelu_fwd(const void* x, void* y, void* dy, int64_t total, cudaStream_t stream) {
+  if (total == 0) return 0;
+  gelu_fwd_kernel<T><<<grid_for(total), kThreads, 0, stream>>>(static_cast<const T*>(x), static_cast<T*>(y),
+                                                                static_cast<T*>(dy), total);
+  return static_cast<int>(cudaGetLastError());
+}
+
 }  // namespace
 }  // namespace fidec
+
+extern "C" int fidec_gelu_fwd_cuda(int dtype, const void* x, void* y, void* dy, int64_t total, void* stream) {
+  FIDEC_CUDA_DISPATCH(dtype, fidec::launch_gelu_fwd, x, y, dy, total, static_cast<cudaStream_t>(stream));
+}
 
 extern "C" int fidec_bias_gelu_cuda(int dtype, void* h, const void* bias, int64_t G, int64_t R, int64_t H,
                                     void* stream) {

@@ -8,8 +8,20 @@ extern "C" int fidec_bias_gelu_cuda(int dtype, void* h, const void* bias, int64_
 extern "C" int fidec_gelu_jvp_cuda(int dtype, const void* h, const void* bias, const void* th, void* y, void* ty,
                                    void* dy, int64_t N, int64_t H, void* stream);
 
+extern "C" int fidec_gelu_fwd_cuda(int dtype, const void* x, void* y, void* dy, int64_t total, void* stream);
+
 namespace fidec {
 namespace {
+
+std::tuple<at::Tensor, at::Tensor> gelu_fwd_cuda(const at::Tensor& x_) {
+  c10::DeviceGuard guard(x_.device());
+  const auto x = x_.contiguous();
+  auto y = at::empty_like(x), dy = at::empty_like(x);
+  check_cuda_launch(fidec_gelu_fwd_cuda(cuda_dtype_code(x.scalar_type()), x.const_data_ptr(), y.mutable_data_ptr(),
+                                        dy.mutable_data_ptr(), x.numel(), current_cuda_stream(x.device())),
+                    "gelu_fwd");
+  return {y, dy};
+}
 
 void bias_gelu_cuda_(at::Tensor& h, const at::Tensor& bias) {
   TORCH_CHECK(h.dim() == 3 && h.is_contiguous(), "bias_gelu_: h must be a contiguous [G, R, H], got ", h.sizes());
@@ -44,6 +56,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gelu_jvp_cuda(const at::Tensor& h
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fidec, CUDA, m) {
+  m.impl("gelu_fwd", &gelu_fwd_cuda);
   m.impl("bias_gelu_", &bias_gelu_cuda_);
   m.impl("gelu_jvp", &gelu_jvp_cuda);
 }

@@ -19,6 +19,9 @@ TORCH_LIBRARY(fidec, m) {
   m.def("bias_gelu_(Tensor(a!) h, Tensor bias) -> ()");
   // y = gelu_tanh(h + bias), ty = gelu_tanh'(h + bias) * th, and dy = gelu_tanh'(h + bias) (for backward).
   m.def("gelu_jvp(Tensor h, Tensor bias, Tensor th) -> (Tensor, Tensor, Tensor)");
+  // y = gelu_tanh(x) and dy = gelu_tanh'(x), any shape: the forward of the networks' GELU, whose
+  // backward is then one multiply (grad * dy).
+  m.def("gelu_fwd(Tensor x) -> (Tensor, Tensor)");
 }
 
 #ifdef FIDEC_WITH_CUDA

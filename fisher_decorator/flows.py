@@ -1,8 +1,10 @@
 """Flow-matching pieces shared by every agent: the Euler rollout and the flow-matching interpolant.
 
 Every rollout of every agent (critic targets, base actions of the residual, the K Fisher samples,
-evaluation, diagnostics) goes through :func:`euler_rollout`, so a fused kernel can replace it
-in one place.
+evaluation, diagnostics) goes through :func:`euler_rollout`. A plain MLP velocity field (no
+LayerNorm) runs on the fused op :func:`fisher_decorator.ops.euler_rollout` (state part of the first
+layer once per rollout, time folded into its bias, K samples per state as one GEMM, reused
+buffers, optional bf16/tf32 GEMMs); other fields run the plain loop below.
 """
 
 from __future__ import annotations
@@ -11,12 +13,22 @@ from collections.abc import Callable
 
 import torch
 
+from fisher_decorator import ops
+from fisher_decorator.networks import MLP
+
 VelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @torch.no_grad()
 def euler_rollout(
-    velocity_field: VelocityFn, obs: torch.Tensor, noise: torch.Tensor, steps: int
+    velocity_field: VelocityFn,
+    obs: torch.Tensor,
+    noise: torch.Tensor,
+    steps: int,
+    *,
+    backend: str = "auto",
+    rollout_dtype: str = "float32",
+    workspace: ops.RolloutWorkspace | None = None,
 ) -> torch.Tensor:
     """Actions of the behaviour flow: ``x_0 = noise``, ``x_{i+1} = x_i + v(s, x_i, i/N) / N``, clipped to [-1, 1].
 
@@ -29,10 +41,24 @@ def euler_rollout(
             K samples of all states then run as one (B*K)-row batch (states repeated K times in
             place, like the authors' ``jnp.repeat``).
         steps: N, the number of Euler steps (>= 1).
+        backend, rollout_dtype, workspace: of :func:`fisher_decorator.ops.euler_rollout`, for plain MLP
+            fields ("reference" is the plain port, bit for bit the loop below).
 
     Returns:
         actions with ``noise``'s shape.
     """
+    if isinstance(velocity_field, MLP) and not velocity_field.layer_norm:
+        return ops.euler_rollout(
+            velocity_field,
+            obs,
+            noise,
+            steps,
+            backend=backend,
+            rollout_dtype=rollout_dtype,
+            workspace=workspace,
+        )
+    if rollout_dtype != "float32":
+        raise ValueError(f"rollout_dtype={rollout_dtype!r} needs a plain MLP velocity field (no LayerNorm)")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if obs.dim() != 2:

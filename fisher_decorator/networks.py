@@ -17,11 +17,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fisher_decorator.ops.gelu import gelu_tanh
+
 LAYER_NORM_EPS = 1e-6
 
 
 def gelu(x: torch.Tensor) -> torch.Tensor:
-    """GELU, tanh approximation (flax's ``nn.gelu`` default)."""
+    """GELU, tanh approximation (flax's ``nn.gelu`` default): the compiled kernel where built
+    (fisher_decorator.ops.gelu_tanh, same values to rounding, ~3x faster on CPU), else F.gelu."""
+    return gelu_tanh(x)
+
+
+def plain_gelu(x: torch.Tensor) -> torch.Tensor:
+    """``F.gelu(x, approximate="tanh")``: ATen's GELU, for the plain (unfused) networks."""
     return F.gelu(x, approximate="tanh")
 
 
@@ -48,6 +56,7 @@ class MLP(nn.Module):
         hidden_dims: hidden widths, e.g. (512, 512, 512, 512).
         layer_norm: LayerNorm (eps 1e-6) after every hidden activation.
         generator: the torch.Generator the initial weights are drawn from (reproducible init).
+        fused_gelu: GELU by the compiled kernel (:func:`gelu`) or by ATen (:func:`plain_gelu`).
     """
 
     def __init__(
@@ -57,6 +66,7 @@ class MLP(nn.Module):
         out_dim: int,
         *,
         layer_norm: bool = False,
+        fused_gelu: bool = True,
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -66,6 +76,7 @@ class MLP(nn.Module):
         self.in_dim, self.out_dim = dims[0], dims[-1]
         self.hidden_dims = dims[1:-1]
         self.layer_norm = layer_norm
+        self.activation = gelu if fused_gelu else plain_gelu
         self.linears = nn.ModuleList()
         self.norms = nn.ModuleList()
         for i in range(len(dims) - 1):
@@ -81,7 +92,7 @@ class MLP(nn.Module):
         for i, lin in enumerate(self.linears):
             x = lin(x)
             if i < last:
-                x = gelu(x)
+                x = self.activation(x)
                 if self.layer_norm:
                     x = self.norms[i](x)
         return x
@@ -138,6 +149,7 @@ class CriticEnsemble(nn.Module):
         *,
         num_heads: int = 2,
         layer_norm: bool = True,
+        fused_gelu: bool = True,
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -149,6 +161,7 @@ class CriticEnsemble(nn.Module):
         self.obs_dim, self.action_dim, self.num_heads = int(obs_dim), int(action_dim), int(num_heads)
         self.hidden_dims = dims[1:-1]
         self.layer_norm = layer_norm
+        self.activation = gelu if fused_gelu else plain_gelu
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
         self.norm_weights = nn.ParameterList()
@@ -177,7 +190,7 @@ class CriticEnsemble(nn.Module):
         for i in range(len(self.weights)):
             h = torch.baddbmm(get(self.biases[i]), h, get(self.weights[i]))
             if i < last:
-                h = gelu(h)
+                h = self.activation(h)
                 if self.layer_norm:
                     h = F.layer_norm(h, (h.shape[-1],), eps=LAYER_NORM_EPS)
                     h = torch.addcmul(get(self.norm_biases[i]), h, get(self.norm_weights[i]))

@@ -1,6 +1,10 @@
-"""Uniform minibatches of transitions, drawn from one seeded torch.Generator (checkpointable)."""
+"""Uniform minibatches of transitions, drawn from one seeded torch.Generator (checkpointable), and a
+prefetcher that draws the next batches in a background thread while the current update runs."""
 
 from __future__ import annotations
+
+import queue
+import threading
 
 import numpy as np
 import torch
@@ -53,3 +57,75 @@ class TransitionSampler:
 
     def load_state(self, state: torch.Tensor) -> None:
         self.generator.set_state(state.cpu())
+
+
+class BatchPrefetcher:
+    """The batches of ``sampler.sample(batch_size)``, in the same order, drawn ``depth`` ahead in a thread.
+
+    The sampler's generator belongs to the thread while it runs: :meth:`state` returns the generator
+    state right after the last batch handed out (recorded with that batch), so a checkpoint taken
+    between updates restores exactly the stream an unprefetched run would continue with.
+    ``depth=0`` draws synchronously. Use as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(self, sampler: TransitionSampler, batch_size: int, depth: int = 2):
+        if depth < 0:
+            raise ValueError(f"prefetch depth must be >= 0, got {depth}")
+        self.sampler, self.batch_size, self.depth = sampler, int(batch_size), int(depth)
+        self._state = sampler.state()
+        self._error: BaseException | None = None
+        self._stop = threading.Event()
+        self._queue: queue.Queue | None = None
+        self._thread: threading.Thread | None = None
+        if depth > 0:
+            self._queue = queue.Queue(maxsize=depth)
+            self._thread = threading.Thread(target=self._work, name="fidec-batch-prefetch", daemon=True)
+            self._thread.start()
+
+    def _draw(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        batch = self.sampler.sample(self.batch_size)
+        return batch, self.sampler.state()
+
+    def _work(self) -> None:
+        try:
+            while not self._stop.is_set():
+                item = self._draw()
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as exc:  # handed to the consumer, never swallowed
+            self._error = exc
+            self._queue.put(None)
+
+    def next(self) -> dict[str, torch.Tensor]:
+        if self._queue is None:
+            batch, self._state = self._draw()
+            return batch
+        item = self._queue.get()
+        if item is None:
+            raise RuntimeError("the batch prefetch thread failed") from self._error
+        batch, self._state = item
+        return batch
+
+    def state(self) -> torch.Tensor:
+        """The sampler generator's state after the last batch returned by :meth:`next`."""
+        return self._state
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            while self._thread.is_alive():
+                try:  # unblock a put() waiting on a full queue
+                    self._queue.get_nowait()
+                except queue.Empty:
+                    pass
+                self._thread.join(timeout=0.05)
+
+    def __enter__(self) -> BatchPrefetcher:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -42,7 +42,7 @@ from fisher_decorator.envs import make_task
 from fisher_decorator.evaluation import evaluate_agent, final_score, save_videos
 from fisher_decorator.logger import CSVLogger, TensorBoardLogger
 from fisher_decorator.presets import parse_task, task_preset
-from fisher_decorator.sampler import TransitionSampler
+from fisher_decorator.sampler import BatchPrefetcher, TransitionSampler
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.json"
@@ -66,6 +66,7 @@ RESUMABLE_CHANGES = (
     "validation",
     "device",
     "threads",
+    "prefetch",
     "tensorboard",
     "progress",
 )
@@ -182,6 +183,7 @@ class Trainer:
         self.record = dict(record or {})
         self.callback = callback
         self.step = 0
+        self.batches: BatchPrefetcher | None = None
         self.eval_history: list[dict[str, float]] = []
         self._check_run_dir()
 
@@ -271,7 +273,7 @@ class Trainer:
             "version": CHECKPOINT_VERSION,
             "step": self.step,
             "agent": self.agent.checkpoint_state(),
-            "sampler": self.sampler.state(),
+            "sampler": self.batches.state() if self.batches is not None else self.sampler.state(),
             "eval_history": self.eval_history,
             "train_time": self.train_time,
             "train_config": to_dict(self.cfg),
@@ -368,12 +370,13 @@ class Trainer:
         wall0 = time.perf_counter()
         window_t, window_steps = 0.0, 0
         postfix: dict[str, str] = {}
+        self.batches = BatchPrefetcher(self.sampler, cfg.batch_size, cfg.prefetch)
         try:
             while self.step < cfg.steps:
                 t0 = time.perf_counter()
                 step = self.step + 1
                 with_metrics = step % cfg.log_interval == 0 or step == cfg.steps
-                batch = self.sampler.sample(cfg.batch_size)
+                batch = self.batches.next()
                 info = self.agent.update(batch, with_metrics=with_metrics)
                 self.step = step
                 if with_metrics:
@@ -411,6 +414,7 @@ class Trainer:
                 if self.callback is not None:
                     self.callback(step, self)
         finally:
+            self.batches.close()
             bar.close()
             if tb:
                 tb.close()

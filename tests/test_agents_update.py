@@ -133,17 +133,22 @@ def test_metrics_never_change_the_trajectory(name):
 
 def test_diagnostic_rollout_runs_only_when_metrics_are_requested():
     agent = make("fidec", num_fisher_samples=2)
-    rows = []
-    hook = agent.velocity_field.register_forward_hook(lambda m, i, o: rows.append(i[0].shape[0]))
+    rollouts, forwards = [], []
+    flow_actions = agent.flow_actions
+    agent.flow_actions = lambda obs, noise: rollouts.append(tuple(noise.shape)) or flow_actions(obs, noise)
+    hook = agent.velocity_field.register_forward_hook(lambda m, i, o: forwards.append(i[0].shape[0]))
     agent.update(batch(), with_metrics=False)
-    without = list(rows)
-    rows.clear()
+    without, fwd_without = list(rollouts), list(forwards)
+    rollouts.clear()
+    forwards.clear()
     agent.update(batch(), with_metrics=True)
     hook.remove()
-    steps = agent.config.flow_steps
-    # next action (B) + base (B) + Fisher (B*K) rollouts, Fisher velocities (B*K), flow matching (B)
-    assert sorted(without) == sorted([B] * steps * 2 + [B * 2] * steps + [B * 2] + [B])
-    assert len(rows) == len(without) + steps  # plus exactly one B-row policy rollout for `mse`
+    d = agent.action_dim
+    # rollouts: next action (B), base (B), Fisher (B x K); module passes: Fisher velocities, flow matching
+    assert sorted(without) == sorted([(B, d), (B, d), (B, 2, d)])
+    assert sorted(fwd_without) == sorted([B * 2, B])
+    assert sorted(rollouts) == sorted([*without, (B, d)])  # plus exactly one B-row policy rollout for `mse`
+    assert sorted(forwards) == sorted(fwd_without)
 
 
 @pytest.mark.skipif("cpu" not in available_backends(), reason="compiled extension not built")

@@ -243,16 +243,9 @@ def test_registry_dimensions_match_the_environments():
         env.close()
 
 
-@pytest.fixture
-def slow_opt_in(request):
-    """`pytest -q` does not deselect the slow marker by itself; these run only when asked for (`-m slow`)."""
-    if "slow" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("slow (about a minute on 2 cores): run with -m slow")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("dataset", PAPER_REGENERABLE)
-def test_official_length_episodes_accomplish_tasks(dataset, slow_opt_in):
+def test_official_length_episodes_accomplish_tasks(dataset):
     """At the official episode length every episode of every paper dataset contains success events."""
     plan = gen.make_plan(dataset, episodes=3)
     collector = gen.EpisodeCollector(plan.recipe, plan.max_episode_steps)

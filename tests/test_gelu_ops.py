@@ -88,3 +88,28 @@ def test_gelu_op_errors_name_the_argument():
         torch.ops.fidec.gelu_jvp(torch.randn(2, 3), torch.randn(3), torch.randn(3, 3))
     with pytest.raises(RuntimeError, match="share a dtype"):
         torch.ops.fidec.gelu_jvp(torch.randn(2, 3), torch.randn(3), torch.randn(2, 3).double())
+
+
+def test_gelu_fwd_dense_sweep_fp32():
+    """The float kernel's own exp/tanh against fp64 GELU over 10^6 points, tails and NaN included."""
+    x = torch.cat([torch.linspace(-12, 12, 10**6), torch.tensor([-1e30, -1e4, 1e4, 1e30, float("inf")])])
+    y, dy = torch.ops.fidec.gelu_fwd(x)
+    xd = x.double()
+    y_ref = F.gelu(xd, approximate="tanh")
+    assert_verbose_allclose(y[:-1], y_ref[:-1].float(), rtol=2e-6, atol=2e-7, name="gelu")
+    assert_verbose_allclose(dy[:-2], gelu_tanh_grad_ref(xd[:-2]).float(), rtol=2e-6, atol=2e-6, name="gelu'")
+    assert y[-1] == float("inf")
+    assert torch.isnan(torch.ops.fidec.gelu_fwd(torch.tensor([float("nan")]))[0]).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_gelu_tanh_autograd(dtype):
+    from fisher_decorator.ops import gelu_tanh
+
+    x = torch.randn(7, 33, dtype=dtype, requires_grad=True)
+    (g,) = torch.autograd.grad(gelu_tanh(x).square().sum(), x)
+    (g_ref,) = torch.autograd.grad(F.gelu(x, approximate="tanh").square().sum(), x)
+    rtol, atol = TOL[dtype]
+    assert_verbose_allclose(g, g_ref, rtol=rtol * 4, atol=atol * 4, name="grad")
+    if dtype == torch.float64:
+        assert torch.autograd.gradcheck(gelu_tanh, (x[:2, :5].detach().clone().requires_grad_(True),))

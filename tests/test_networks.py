@@ -188,10 +188,13 @@ def test_euler_rollout_k_samples_are_one_batch_of_repeated_states():
         assert_verbose_allclose(
             got[:, k], euler_rollout(vf, s, z[:, k], 4), rtol=1e-12, atol=1e-12, name=f"k={k}"
         )
+    # A LayerNorm field runs the module-call loop: (B*K)-row batches, one per Euler step. (A plain
+    # field runs the fused op, whose batching tests/test_euler_rollout.py checks against the reference.)
+    vf_ln = VelocityField(3, 2, (16,), layer_norm=True, dtype=torch.float64)
     calls = []
-    vf.register_forward_hook(lambda m, inp, out: calls.append(inp[0].shape[0]))
-    euler_rollout(vf, s, z, 4)
-    assert calls == [20] * 4  # (B*K)-row batches, one per Euler step
+    vf_ln.register_forward_hook(lambda m, inp, out: calls.append(inp[0].shape[0]))
+    euler_rollout(vf_ln, s, z, 4)
+    assert calls == [20] * 4
 
 
 def test_euler_rollout_without_gradient_and_bad_inputs():

@@ -71,15 +71,8 @@ def test_fidec_moves_along_the_wide_axis_and_stays_in_the_data_along_the_narrow_
     assert f_cover >= 0.98, f_cover  # FiDec's refined actions stay inside the narrow band of the data
 
 
-@pytest.fixture
-def slow_opt_in(request):
-    """`pytest -q` does not deselect the slow marker by itself; this runs only when asked for (`-m slow`)."""
-    if "slow" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("slow (about a minute on 2 cores): run with -m slow")
-
-
 @pytest.mark.slow
-def test_readme_command(tmp_path, slow_opt_in):
+def test_readme_command(tmp_path):
     """`fidec train --task toy-bandit` exactly as the README runs it (about a minute on 2 cores)."""
     out = tmp_path / "toy"
     assert main(["train", "--task", "toy-bandit", "--out", str(out), "--no-progress"]) == 0

@@ -21,9 +21,10 @@ import torch
 from fisher_decorator.agents.base import Batch, FlowNoise, Info
 from fisher_decorator.agents.residual import ResidualAgent, ResidualConfig
 from fisher_decorator.config import ConfigError, _positive, option
-from fisher_decorator.ops import BACKENDS, fisher_penalty, flow_score
+from fisher_decorator.ops import BACKENDS, fisher_penalty, fisher_quadratic_jacobian, flow_score
 
 SCORES = ("velocity", "tweedie")
+ESTIMATORS = ("score", "jacobian")
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,13 @@ class FiDecConfig(ResidualConfig):
         "auto",
         "Backend of the Fisher penalty op (reference: the authors' d x d matrices).",
         choices=("auto", *BACKENDS),
+    )
+    fisher_estimator: str = option(
+        "score",
+        "r^T F r from the score samples, mean_k (g_k . r)^2 (the authors'), or 'jacobian': "
+        "-mean_k r^T J_x g(x_k) r by a velocity JVP (second Bartlett identity; can be negative for a "
+        "learned field). The trace normaliser comes from the scores either way.",
+        choices=ESTIMATORS,
     )
 
     def check(self) -> None:
@@ -127,6 +135,19 @@ class FiDecAgent(ResidualAgent):
             trace_eps=cfg.fisher_trace_eps,
             backend=cfg.penalty_backend,
         )
+        if cfg.fisher_estimator == "jacobian":
+            quad = fisher_quadratic_jacobian(
+                self.velocity_field,
+                obs,
+                x_t,
+                noise.fisher_t,
+                residual,
+                score=cfg.fisher_score,
+                damping=cfg.fisher_damping,
+                score_eps=cfg.fisher_score_eps,
+                backend=cfg.penalty_backend,
+            )
+            penalty = quad / (trace_per_dim * d)
         divergence = penalty.mean()
         distill_loss, alpha_loss, alpha = self.lagrange(divergence)
         q_loss, q = self.q_loss(obs, (base_actions + residual).clamp(-1.0, 1.0))

@@ -43,6 +43,7 @@ class FQLAgent(FlowAgent):
             self.action_dim,
             cfg.actor_hidden_dims,
             layer_norm=cfg.actor_layer_norm,
+            fused_gelu=cfg.fused_gelu,
             generator=generator,
             dtype=dtype,
         )

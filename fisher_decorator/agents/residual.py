@@ -47,6 +47,7 @@ class ResidualAgent(LagrangeMixin, FlowAgent):
             self.action_dim,
             cfg.actor_hidden_dims,
             layer_norm=cfg.actor_layer_norm,
+            fused_gelu=cfg.fused_gelu,
             generator=generator,
             dtype=dtype,
         )

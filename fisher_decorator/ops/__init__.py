@@ -3,6 +3,7 @@
 from fisher_decorator.ops._extension import BACKENDS, available_backends, backend_info, compiled_module
 from fisher_decorator.ops.euler_rollout import ROLLOUT_DTYPES, RolloutWorkspace, euler_rollout
 from fisher_decorator.ops.fisher_penalty import fisher_matrix, fisher_penalty, flow_score
+from fisher_decorator.ops.gelu import gelu_tanh
 from fisher_decorator.ops.velocity_jvp import fisher_quadratic_jacobian, mlp_params, velocity_jvp
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "fisher_penalty",
     "fisher_quadratic_jacobian",
     "flow_score",
+    "gelu_tanh",
     "mlp_params",
     "velocity_jvp",
 ]

@@ -1,0 +1,368 @@
+"""What a sweep runs: agents x tasks x seeds under a budget, resolved to one training config per run.
+
+``SweepDefinition`` is the part of ``fidec sweep``'s command line that decides results (grid, budget, steps,
+``--set``); it is stored in ``<sweep>/sweep.json`` so that ``fidec sweep --out <sweep>`` alone continues a sweep.
+Scheduling options (backend, resources, retries) are not part of it: a sweep may move between machines.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from fisher_decorator.agents import AGENTS, agent_class
+from fisher_decorator.config import ConfigError, TrainConfig, field_names
+from fisher_decorator.presets import TOY_TASKS, load_presets, ogbench_families, parse_task
+
+PAPER = "paper"
+
+
+class SweepError(ValueError):
+    """A sweep argument or a stored sweep that cannot be used; the message names the problem and the choices."""
+
+
+# ------------------------------------------------------------------------------------------------ the grid
+
+
+@dataclass(frozen=True, order=True)
+class RunSpec:
+    """One run of the grid. ``run_id`` names it in the manifest; its directory is ``<sweep>/<rel_dir>``."""
+
+    task: str
+    agent: str
+    seed: int
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.task}/{self.agent}/seed{self.seed}"
+
+    @property
+    def rel_dir(self) -> str:
+        return f"runs/{self.task}/{self.agent}/seed{self.seed}"
+
+
+def family_of(task: str) -> str:
+    """The paper-table row a task belongs to: its OGBench family (``cube-single-play``) or the toy's name."""
+    info = parse_task(task)
+    return info.family if info.kind == "ogbench" else task
+
+
+def paper_tasks() -> list[str]:
+    """The paper table's tasks: task1..task5 of every family in SPEC's per-task table (tasks.json)."""
+    n = load_presets()["ogbench"]["tasks_per_family"]
+    return [f"{f}-singletask-task{i}-v0" for f in ogbench_families() for i in range(1, n + 1)]
+
+
+def parse_agents(text: str) -> list[str]:
+    names = [a.strip() for a in text.split(",") if a.strip()]
+    if not names:
+        raise SweepError(f"--agents is empty; choose from {', '.join(AGENTS)}")
+    for n in names:
+        if n not in AGENTS:
+            raise SweepError(f"unknown agent {n!r}; valid agents: {', '.join(AGENTS)}")
+    return _unique(names, "--agents")
+
+
+def parse_tasks(text: str) -> list[str]:
+    """Comma list of: ``paper`` (the 50 tasks of the paper's table), a family (its task1..task5), a task name."""
+    n = load_presets()["ogbench"]["tasks_per_family"]
+    families = ogbench_families()
+    out: list[str] = []
+    for token in (t.strip() for t in text.split(",")):
+        if not token:
+            continue
+        if token == PAPER:
+            out += paper_tasks()
+        elif token in families:
+            out += [f"{token}-singletask-task{i}-v0" for i in range(1, n + 1)]
+        else:
+            try:
+                parse_task(token)
+            except ValueError as exc:
+                raise SweepError(
+                    f"--tasks: {exc}. A token may also be '{PAPER}' (the paper's {len(families) * n} tasks) or a "
+                    f"family (its task1..task{n}): {', '.join(families)}"
+                ) from None
+            out.append(token)
+    if not out:
+        raise SweepError(f"--tasks is empty; use '{PAPER}', a family ({', '.join(families)}), or task names")
+    return list(dict.fromkeys(out))  # a task named twice (e.g. by its family and by name) runs once
+
+
+_SEED_RANGE = re.compile(r"^(\d+)-(\d+)$")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``0-3`` (inclusive range), ``0,2,5``, or a mix (``0-2,7``). A single number is that seed."""
+    seeds: list[int] = []
+    for token in (t.strip() for t in text.split(",")):
+        if not token:
+            continue
+        m = _SEED_RANGE.match(token)
+        if m:
+            lo, hi = int(m.group(1)), int(m.group(2))
+            if hi < lo:
+                raise SweepError(f"--seeds: range {token!r} is empty (end before start)")
+            seeds += range(lo, hi + 1)
+        elif token.isdigit():
+            seeds.append(int(token))
+        else:
+            raise SweepError(f"--seeds: {token!r} is not a seed; use e.g. 0-3, 0,2,5 or 0-2,7")
+    if not seeds:
+        raise SweepError("--seeds is empty; use e.g. 0-3")
+    return _unique(seeds, "--seeds")
+
+
+def _unique(items: list, what: str) -> list:
+    dup = sorted({str(x) for x in items if items.count(x) > 1})
+    if dup:
+        raise SweepError(f"{what} lists {', '.join(dup)} more than once")
+    return items
+
+
+def expand_grid(agents: list[str], tasks: list[str], seeds: list[int]) -> list[RunSpec]:
+    """Every (task, agent, seed), seed-major: a sweep stopped half-way has whole seeds of the table."""
+    return [RunSpec(t, a, s) for s in seeds for t in tasks for a in agents]
+
+
+# ------------------------------------------------------------------------------------------------ budgets
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A named training budget (``budgets.json``)."""
+
+    name: str
+    description: str
+    steps: int
+    evaluations: int
+    score_evaluations: int
+    train: dict[str, Any]
+    agents: dict[str, dict[str, Any]]
+    dataset_recipe: dict[str, int] | None
+    """Episode counts for tiny regenerated datasets; None: OGBench's official recipe."""
+    dataset_dir: str
+    """``default`` or ``sweep``."""
+
+    def schedule(self, steps: int | None = None) -> dict[str, Any]:
+        """Train fields that depend on the number of steps: evaluation, score, checkpoint and log intervals."""
+        steps = self.steps if steps is None else int(steps)
+        if steps <= 0 or steps % self.evaluations:
+            raise SweepError(
+                f"--steps {steps}: must be a positive multiple of {self.evaluations} (budget {self.name!r} "
+                f"evaluates every steps/{self.evaluations} updates, as the paper every 100k of 1M)"
+            )
+        interval = steps // self.evaluations
+        return {
+            "steps": steps,
+            "eval_interval": interval,
+            "score_steps": [steps - i * interval for i in reversed(range(self.score_evaluations))],
+            "save_interval": min(int(self.train["save_interval"]), interval),
+            "log_interval": min(int(self.train["log_interval"]), interval),
+        }
+
+    def agent_overrides(self, agent: str) -> dict[str, Any]:
+        return {**self.agents.get("all", {}), **self.agents.get(agent, {})}
+
+
+@functools.cache
+def load_budgets() -> dict[str, Budget]:
+    data = json.loads(resources.files(__package__).joinpath("budgets.json").read_text())
+    out = {}
+    for name, b in data.items():
+        if name.startswith("_"):
+            continue
+        recipe = b["datasets"]["recipe"]
+        out[name] = Budget(
+            name=name,
+            description=b["description"],
+            steps=int(b["steps"]),
+            evaluations=int(b["evaluations"]),
+            score_evaluations=int(b["score_evaluations"]),
+            train=dict(b["train"]),
+            agents={k: dict(v) for k, v in b["agents"].items()},
+            dataset_recipe=None if recipe == "official" else dict(recipe),
+            dataset_dir=b["datasets"]["dir"],
+        )
+    return out
+
+
+def get_budget(name: str) -> Budget:
+    budgets = load_budgets()
+    if name not in budgets:
+        raise SweepError(f"unknown budget {name!r}; valid budgets: {', '.join(budgets)}")
+    return budgets[name]
+
+
+# ------------------------------------------------------------------------------------------------ definition
+
+# Fields a sweep sets itself: --set must not change them behind its back.
+_RESERVED = {
+    "task": "--tasks",
+    "agent": "--agents",
+    "seed": "--seeds",
+    "steps": "--steps",
+    "eval_interval": "--steps (the budget's schedule)",
+    "score_steps": "--steps (the budget's schedule)",
+    "dataset_dir": "--dataset-dir",
+    "device": "--gpus-per-run",
+    "threads": "--cpus-per-run",
+    "progress": "(runs never draw progress bars in a sweep)",
+}
+
+
+@dataclass(frozen=True)
+class SweepDefinition:
+    """What decides a sweep's results; stored in ``sweep.json``."""
+
+    agents: tuple[str, ...]
+    tasks: tuple[str, ...]
+    seeds: tuple[int, ...]
+    budget: str = "paper"
+    steps: int | None = None
+    overrides: tuple[tuple[str, str], ...] = ()
+    """``--set KEY=VALUE`` items, applied to every run (an agent field only to the agents that have it)."""
+    dataset_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        get_budget(self.budget)
+        for key, _ in self.overrides:
+            name = key.rpartition(".")[2]
+            if name in _RESERVED:
+                raise SweepError(f"--set {key}=...: a sweep sets {name!r} itself; use {_RESERVED[name]}")
+        self.budget_obj.schedule(self.steps)  # a bad --steps fails here, before anything runs
+
+    @property
+    def budget_obj(self) -> Budget:
+        return get_budget(self.budget)
+
+    def runs(self) -> list[RunSpec]:
+        return expand_grid(list(self.agents), list(self.tasks), list(self.seeds))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["overrides"] = dict(self.overrides)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SweepDefinition:
+        return cls(
+            agents=tuple(d["agents"]),
+            tasks=tuple(d["tasks"]),
+            seeds=tuple(int(s) for s in d["seeds"]),
+            budget=d["budget"],
+            steps=d.get("steps"),
+            overrides=tuple((str(k), str(v)) for k, v in d.get("overrides", {}).items()),
+            dataset_dir=d.get("dataset_dir"),
+        )
+
+    def extend(self, other: SweepDefinition) -> SweepDefinition:
+        """This stored sweep with ``other``'s agents, tasks and seeds added; everything else must agree."""
+        diff = {
+            f: (getattr(self, f), getattr(other, f))
+            for f in ("budget", "steps", "overrides", "dataset_dir")
+            if getattr(self, f) != getattr(other, f)
+        }
+        if diff:
+            lines = "; ".join(f"{k}: stored {a!r}, given {b!r}" for k, (a, b) in diff.items())
+            raise SweepError(
+                f"this sweep directory holds a sweep with other settings ({lines}). Continue it with the same "
+                "settings (or with none: `fidec sweep --out DIR` reuses the stored ones), or use another --out"
+            )
+
+        def union(a, b):
+            return tuple(dict.fromkeys([*a, *b]))
+
+        return dataclasses.replace(
+            self,
+            agents=union(self.agents, other.agents),
+            tasks=union(self.tasks, other.tasks),
+            seeds=union(self.seeds, other.seeds),
+        )
+
+
+def _agent_overrides(agent: str, agents: tuple[str, ...], items: dict[str, Any]) -> dict[str, Any]:
+    """The ``--set`` items for ``agent``: train fields, its own fields; another agent's fields are left out."""
+    train = set(field_names(TrainConfig))
+    own = set(field_names(agent_class(agent).config_class))
+    others = {n for a in agents for n in field_names(agent_class(a).config_class)}
+    out = {}
+    for key, value in items.items():
+        side, _, name = key.rpartition(".")
+        if side == "agent" and name not in own and name in others:
+            continue
+        if side or name in train or name in own or name not in others:
+            out[key] = value  # unknown names stay, so resolve_configs reports them with the valid fields
+    return out
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+@dataclass(frozen=True)
+class ResolvedRun:
+    """A run with its configs, as the worker process receives them."""
+
+    spec: RunSpec
+    train: dict[str, Any]
+    agent: dict[str, Any]
+    record: dict[str, Any]
+
+
+def resolve_run(
+    definition: SweepDefinition,
+    spec: RunSpec,
+    *,
+    sweep_dir: str | Path,
+    dataset_dir: str | Path,
+    cpus_per_run: int = 1,
+    gpus_per_run: float = 0.0,
+) -> ResolvedRun:
+    """Task preset < budget < ``--set``, plus the resources; validated here, before any run starts."""
+    from fisher_decorator.config import to_dict
+    from fisher_decorator.trainer import resolve_configs
+
+    budget = definition.budget_obj
+    train_flags = {k: v for k, v in budget.train.items()}
+    train_flags.update(budget.schedule(definition.steps))
+    train_flags.update(
+        seed=spec.seed,
+        dataset_dir=str(dataset_dir),
+        device="cuda" if gpus_per_run > 0 else "cpu",
+        threads=int(cpus_per_run),
+        progress=False,
+    )
+    sets = _agent_overrides(spec.agent, definition.agents, dict(definition.overrides))
+    overrides = {**budget.agent_overrides(spec.agent), **sets}
+    try:
+        train_cfg, agent_cfg, record = resolve_configs(
+            spec.task, spec.agent, flags=train_flags, overrides=overrides
+        )
+    except (ConfigError, ValueError) as exc:
+        raise SweepError(f"run {spec.run_id}: {exc}") from None
+    train, agent = to_dict(train_cfg), to_dict(agent_cfg)
+    run_dir = Path(sweep_dir) / spec.rel_dir
+    command = ["fidec", "train", "--agent", spec.agent, "--task", spec.task, "--out", str(run_dir)]
+    command += ["--no-plot"]
+    for key in {**train_flags, **overrides}:
+        name = key.rpartition(".")[2]
+        final = train.get(name, agent.get(name))
+        command += ["--set", f"{name}={_format_value(final)}"]
+    record.update(
+        sweep={"dir": str(Path(sweep_dir)), "budget": definition.budget, "run_id": spec.run_id},
+        command=" ".join(command),
+    )
+    return ResolvedRun(spec, train, agent, record)
+
+
+def task_list_for_datasets(runs: list[RunSpec]) -> list[str]:
+    return list(dict.fromkeys(r.task for r in runs if r.task not in TOY_TASKS))

@@ -1,0 +1,58 @@
+"""The Ray backend on a local Ray instance (skipped where Ray is not installed): a run's process killed
+mid-way is restarted by the same sweep from its checkpoint and ends with the parameters of an uninterrupted
+run; the manifest records both attempts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+
+import pytest
+
+from tests.sweep_helpers import (
+    ROOT,
+    STEPS,
+    assert_same_final_parameters,
+    checkpoint_step,
+    env,
+    manifest,
+    reference_run,
+    sweep_cmd,
+    wait_for,
+)
+
+pytest.importorskip("ray")
+RUN0 = "toy-bandit/fidec/seed0"
+
+
+def test_ray_sweep_restarts_a_killed_run_from_its_checkpoint(tmp_path):
+    out = tmp_path / "sweep"
+    proc = subprocess.Popen(
+        sweep_cmd(out, "--backend", "ray", "--retries", "1"),
+        cwd=ROOT,
+        env={**env(), "RAY_DISABLE_USAGE_STATS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+    def running_past_checkpoint():
+        try:
+            entry = manifest(out)[RUN0]
+        except (FileNotFoundError, ValueError, KeyError):
+            return None
+        step = checkpoint_step(out / entry["run_dir"])
+        return entry["pid"] if entry["state"] == "running" and 0 < step < STEPS else None
+
+    pid = wait_for(running_past_checkpoint, "a checkpoint of seed 0 under Ray", timeout=180, proc=proc)
+    os.kill(pid, signal.SIGKILL)
+    log = proc.communicate(timeout=240)[0]
+    assert proc.returncode == 0, log[-4000:]
+    assert "Ray (local Ray instance" in log
+    entry = manifest(out)[RUN0]
+    assert entry["state"] == "done" and entry["attempts"] == 2, entry
+    assert entry["resumed_from"] > 0
+    assert any("killed by SIGKILL" in h.get("note", "") for h in entry["history"]), entry["history"]
+    assert manifest(out)["toy-bandit/fidec/seed1"]["state"] == "done"
+    assert_same_final_parameters(out / entry["run_dir"], reference_run(out, RUN0, tmp_path))

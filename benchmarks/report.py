@@ -71,6 +71,31 @@ def op_table(machine: dict, rows: list[dict], op: str) -> str:
     return "\n".join(out)
 
 
+def train_table(machine: dict, rows: list[dict]) -> str:
+    """Markdown for the train_update rows of one machine: one line per agent and mode."""
+    rows = [r for r in rows if r["case"].get("op") == "train_update"]
+    out = [
+        f"### Training updates on {machine['device_name']} ({machine['device']}, torch {machine['torch']}, "
+        f"{machine['torch_threads']} threads, commit {machine['commit']}, {machine['date']})",
+        "",
+        "B=256, 4x512, K=8, N=10, obs 28 / action 5. `x` = eager-reference time / this mode's, same run. "
+        "Breakdown measured separately in the same run; GFLOP/s = model FLOPs per update / time, "
+        "`% peak` of the 2048x512x512 GEMM peak measured in the same run (fp32, or bf16 for fused-bf16).",
+        "",
+        "| agent | mode | ms/update (p50) | updates/s | x | rollouts ms | optimizer ms | rest ms | GFLOP/s | % peak | peak MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        c, b = r["case"], r["breakdown_ms"]
+        out.append(
+            f"| {c['agent']} | {c['mode']} | {r['p50_ms']:.1f} | {r['updates_per_s']:.2f} | "
+            f"{r.get('speedup_vs_eager_reference', float('nan')):.2f} | {b['rollouts']:.1f} | {b['optimizer']:.1f} | "
+            f"{b['losses_backward_other']:.1f} | {r['gflops_per_s']:.0f} | {100 * r['fraction_of_gemm_peak']:.0f} | "
+            f"{_mib(r['peak_bytes'])} |"
+        )
+    return "\n".join(out)
+
+
 def all_tables() -> str:
     parts = []
     for path in sorted(RESULTS.glob("*.json")):
@@ -78,7 +103,9 @@ def all_tables() -> str:
         if not data.get("rows") or "case" not in data["rows"][0]:
             continue
         ops = sorted({r["case"].get("op") for r in data["rows"] if "op" in r["case"] and "mode" in r["case"]})
-        for op in ops:
+        if "train_update" in ops:
+            parts.append(f"Source: `results/{path.name}`\n\n" + train_table(data["machine"], data["rows"]))
+        for op in (o for o in ops if o != "train_update"):
             parts.append(f"Source: `results/{path.name}`\n\n" + op_table(data["machine"], data["rows"], op))
     return "\n\n".join(parts)
 

@@ -77,6 +77,11 @@ class AgentConfig:
         "torch.compile the loss (fullgraph, inductor); backward and Adam stay eager. Off by default: on a "
         "2-core CPU it measured no faster than the fused eager update (benchmarks/train_throughput.py).",
     )
+    compile_mode: str = option(
+        "default",
+        "torch.compile mode when compile is on; 'reduce-overhead' captures CUDA graphs on a GPU.",
+        choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+    )
     rollout_backend: str = option(
         "auto",
         "Backend of the Euler rollouts (reference: the plain port; cpu/cuda/triton: fused; auto: fastest here).",
@@ -366,7 +371,7 @@ class FlowAgent(nn.Module):
             return self.total_loss
         owner, fn = self.__dict__.get("_compiled_loss", (None, None))
         if owner is not self:
-            fn = torch.compile(self.total_loss, fullgraph=True)
+            fn = torch.compile(self.total_loss, fullgraph=True, mode=self.config.compile_mode)
             self.__dict__["_compiled_loss"] = (self, fn)
         return fn
 

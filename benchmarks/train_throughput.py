@@ -3,6 +3,8 @@
     python -m benchmarks.train_throughput                      # all agents and modes (~10 min, 2 cores)
     python -m benchmarks.train_throughput --agents fidec --modes eager-reference,fused
     python -m benchmarks.train_throughput --toy                # also the README's toy command
+    python -m benchmarks.train_throughput --jax-python /path/to/jax-venv/bin/python --authors-repo DIR
+                                                               # + the authors' JAX update, same run
 
 Paper size: B = 256, 4x512 networks, K = 8 Fisher samples, N = 10 Euler steps, obs 28 / action 5
 (cube-single), the task preset's flags (FiDec: fisher_t 0.9, width 0.05; normalize_q_loss).
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import os
 import subprocess
 import sys
@@ -205,6 +208,36 @@ def time_toy() -> dict:
             "loadavg_after": os.getloadavg()}  # fmt: skip
 
 
+def time_authors_jax(args, agents: list[str]) -> list[dict]:
+    """The authors' jitted update timed in a subprocess (their Python env), right after ours."""
+    if not args.authors_repo:
+        raise SystemExit("--jax-python needs --authors-repo (a checkout of ARC0127/Fisher-Decorator)")
+    rows = []
+    for name in (a for a in agents if a in ("fidec", "deflow")):
+        cmd = [
+            args.jax_python,
+            "-m",
+            "benchmarks.jax_update_timer",
+            "--authors-repo",
+            args.authors_repo,
+            "--agent",
+            name,
+        ]
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=root)
+        if proc.returncode != 0:
+            raise RuntimeError(f"the JAX timer failed:\n{proc.stderr[-3000:]}")
+        res = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"authors' JAX {name}: {res['p50_ms']:.1f} ms/update (jax {res['jax']})", flush=True)
+        rows.append({
+            "case": {"op": "train_update", "agent": name, "mode": "authors-jax", "B": B, "K": 8 if name == "fidec" else None,
+                     "N": 10, "hidden": [512] * 4, "obs": OBS, "act": ACT, "mse_every_update": True},
+            "p20_ms": res["p20_ms"], "p50_ms": res["p50_ms"], "p80_ms": res["p80_ms"],
+            "updates_per_s": 1e3 / res["p50_ms"], "jax": res["jax"], "rounds": res["updates"],
+        })  # fmt: skip
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--agents", default="fidec,deflow,fql")
@@ -213,6 +246,13 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument(
+        "--jax-python",
+        help="a Python with jax/flax/optax/ml_collections/distrax, to time the authors' update",
+    )
+    p.add_argument(
+        "--authors-repo", help="checkout of github.com/ARC0127/Fisher-Decorator (with --jax-python)"
+    )
     p.add_argument("--toy", action="store_true", help="also time the README's toy-bandit command")
     args = p.parse_args(argv)
     if args.threads:
@@ -235,6 +275,7 @@ def main(argv=None) -> int:
     for _ in range(args.rounds):
         for key, (agent, batch, with_metrics) in cases.items():
             times[key].append(_timed(functools.partial(agent.update, batch, with_metrics=with_metrics)))
+    jax_rows = time_authors_jax(args, agents) if args.jax_python else []
     peaks = {
         "float32": gemm_peak(torch.float32, args.device),
         "bfloat16": gemm_peak(torch.bfloat16, args.device),
@@ -264,7 +305,12 @@ def main(argv=None) -> int:
                 functools.partial(agent.update, batch, with_metrics=with_metrics)),
             "rounds": len(ts), "loadavg_before": load0, "loadavg_after": load1,
         })  # fmt: skip
+    rows += jax_rows
     for name in agents:
+        jax_row = next((r for r in jax_rows if r["case"]["agent"] == name), None)
+        for r in rows:
+            if jax_row is not None and r["case"]["agent"] == name:
+                r["speedup_vs_authors_jax"] = jax_row["p50_ms"] / r["p50_ms"]
         base = next(
             (r for r in rows if r["case"]["agent"] == name and r["case"]["mode"] == "eager-reference"), None
         )
@@ -273,6 +319,10 @@ def main(argv=None) -> int:
                 r["speedup_vs_eager_reference"] = base["p50_ms"] / r["p50_ms"]
     for r in rows:
         c = r["case"]
+        if c["mode"] == "authors-jax":
+            print(f"{c['agent']:<7} {c['mode']:<18} p50 {r['p50_ms']:8.1f} ms  {r['updates_per_s']:6.2f}/s  "
+                  f"x{r.get('speedup_vs_eager_reference', float('nan')):.2f}  (jax {r['jax']})")  # fmt: skip
+            continue
         print(f"{c['agent']:<7} {c['mode']:<18} p50 {r['p50_ms']:8.1f} ms  {r['updates_per_s']:6.2f}/s  "
               f"x{r.get('speedup_vs_eager_reference', float('nan')):.2f}  rollouts {r['breakdown_ms']['rollouts']:6.1f} "
               f"optim {r['breakdown_ms']['optimizer']:5.1f}  {r['gflops_per_s']:6.1f} GFLOP/s "

@@ -56,3 +56,38 @@ def test_ray_sweep_restarts_a_killed_run_from_its_checkpoint(tmp_path):
     assert any("killed by SIGKILL" in h.get("note", "") for h in entry["history"]), entry["history"]
     assert manifest(out)["toy-bandit/fidec/seed1"]["state"] == "done"
     assert_same_final_parameters(out / entry["run_dir"], reference_run(out, RUN0, tmp_path))
+
+
+def test_ctrl_c_stops_ray_runs_after_a_checkpoint(tmp_path):
+    """ray.cancel reaches each run's task, which stops its process with SIGTERM: the run saves after its current
+    update, the manifest says where, and no run process outlives the sweep."""
+    out = tmp_path / "sweep"
+    proc = subprocess.Popen(
+        sweep_cmd(
+            out, "--backend", "ray", "--set", "save_interval=100000"
+        ),  # no periodic checkpoint to fall back on
+        cwd=ROOT,
+        env={**env(), "RAY_DISABLE_USAGE_STATS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+    def both_running():
+        try:
+            runs = manifest(out)
+        except (FileNotFoundError, ValueError):
+            return None
+        pids = [e["pid"] for e in runs.values() if e["state"] == "running"]
+        return pids if len(pids) == 2 else None
+
+    pids = wait_for(both_running, "both runs to start under Ray", timeout=180, proc=proc)
+    proc.send_signal(signal.SIGINT)
+    log = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, log[-4000:]
+    for entry in manifest(out).values():
+        assert entry["state"] == "pending" and entry["note"].startswith("interrupted at step"), entry
+        assert entry["step"] == checkpoint_step(out / entry["run_dir"]) > 0
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

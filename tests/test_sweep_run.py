@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from fisher_decorator.cli import main
 from tests.sweep_helpers import (
@@ -187,7 +188,7 @@ def test_a_failing_run_does_not_stop_the_others(tmp_path, capsys):
     assert "## Runs without a score" in md and bad["error"].splitlines()[0][:60] in md
 
 
-def test_finished_sweep_is_not_redone_and_can_be_extended(tmp_path):
+def test_finished_sweep_is_not_redone_and_can_be_extended(tmp_path, capsys):
     out = tmp_path / "sweep"
     args = sweep_cmd(out, "--backend", "pool", seeds="0")[3:]
     assert main(args) == 0
@@ -208,6 +209,13 @@ def test_finished_sweep_is_not_redone_and_can_be_extended(tmp_path):
     cfg = json.loads((out / runs[RUN1]["run_dir"] / "config.json").read_text())
     assert cfg["train"]["steps"] == STEPS and cfg["agent"]["actor_hidden_dims"] == [16, 16]
     assert np.isfinite(runs[RUN1]["score"])
+    capsys.readouterr()
+    assert main(["sweep", "--out", str(out), "--status"]) == 0
+    status = capsys.readouterr().out
+    assert f"{RUN1:64} done" in status and "0 pending, 0 running, 2 done, 0 failed" in status
+    assert main(["sweep", "--out", str(out), "--dry-run"]) == 0
+    commands = capsys.readouterr().out.splitlines()
+    assert len(commands) == 2 and commands[0].startswith("fidec train --agent fidec --task toy-bandit --out ")
 
 
 def test_errors_name_the_problem(tmp_path, capsys, monkeypatch):
@@ -216,6 +224,7 @@ def test_errors_name_the_problem(tmp_path, capsys, monkeypatch):
         return capsys.readouterr().err
 
     out = str(tmp_path / "s")
+    grid = ("--out", out, "--agents", "fidec", "--tasks", "toy-bandit", "--seeds", "0")
     assert "valid agents: fidec, deflow, fql" in err(
         "--out", out, "--agents", "sac", "--tasks", "toy-bandit", "--seeds", "0"
     )
@@ -226,6 +235,10 @@ def test_errors_name_the_problem(tmp_path, capsys, monkeypatch):
     assert "use --steps" in err(
         "--out", out, "--agents", "fidec", "--tasks", "toy-bandit", "--seeds", "0", "--set", "steps=5"
     )
+    e = err(*grid, "--gpus-per-run", "2")
+    assert "--gpus-per-run must be in [0, 1]" in e
+    if not torch.cuda.is_available():
+        assert "no CUDA GPU is visible" in err(*grid, "--gpus-per-run", "0.5", "--backend", "pool")
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     e = err(
         "--out",

@@ -153,10 +153,15 @@ def _ray_task(run_dir: str, token: str, env: dict[str, str]) -> dict[str, Any]:
             "the sweep directory must be on a file system every node mounts at the same path",
         }
     proc = worker.launch(path, token, env)
-    try:
-        rc = proc.wait()
-    except KeyboardInterrupt:  # ray.cancel: let the run checkpoint and stop
-        rc = worker.stop(proc, STOP_GRACE_S)
+    while True:
+        try:  # short waits: ray.cancel's KeyboardInterrupt reaches only a thread that runs Python code
+            rc = proc.wait(timeout=0.5)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+        except KeyboardInterrupt:  # ray.cancel: let the run checkpoint and stop
+            rc = worker.stop(proc, STOP_GRACE_S)
+            break
     return worker.outcome(path, token, rc, proc.pid)
 
 

@@ -292,6 +292,8 @@ def markdown(results: list[RunResult], sweep: dict[str, Any] | None, curves: dic
             "the paper's number with that in mind.",
         ]
     incomplete = [r for r in frows if r["incomplete_seeds"]]
+    if incomplete:
+        lines.append("")
     for r in incomplete:
         lines.append(
             f"- {r['label']} / {r['agent']}: seed(s) {', '.join(map(str, r['incomplete_seeds']))} left out "

@@ -70,8 +70,8 @@ def _check_scores_args(velocity, x_t, t, score: str, eps_name: str, eps: float) 
     return B, K, d
 
 
-def _t_matrix(t: TimeArg, B: int, K: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """t as the [B, K] accumulation-dtype tensor the kernels read."""
+def time_matrix(t: TimeArg, B: int, K: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """t (a float, [B] or [B, K]) as a contiguous [B, K] tensor of ``dtype``: one t per Fisher sample."""
     if isinstance(t, torch.Tensor):
         t = t.to(dtype=dtype)
         if t.dim() == 1:
@@ -169,7 +169,7 @@ def fisher_penalty(
             velocity, x_t, t, residual, score=score, damping=damping, score_eps=score_eps, trace_eps=trace_eps
         )
     op = torch.ops.fidec_triton.fisher_penalty_fwd if name == "triton" else torch.ops.fidec.fisher_penalty_fwd
-    tt = _t_matrix(t, B, K, _acc_dtype(velocity.dtype), velocity.device)
+    tt = time_matrix(t, B, K, _acc_dtype(velocity.dtype), velocity.device)
     pen, trace, _ = op(
         velocity.detach(),
         x_t.detach(),

@@ -15,6 +15,7 @@ from torch import nn
 from fdkernels.velocity_jvp import _time_column, velocity_jvp_ref, velocity_jvp_triton
 from fisher_decorator.ops import gelu as _gelu  # noqa: F401  (fake impls of the GELU ops)
 from fisher_decorator.ops._extension import resolve_backend
+from fisher_decorator.ops.fisher_penalty import time_matrix
 
 Params = Sequence[tuple[torch.Tensor, torch.Tensor]]
 
@@ -170,10 +171,7 @@ def fisher_quadratic_jacobian(
         raise ValueError(f"residual must be [B, d] = [{B}, {d}], got {tuple(residual.shape)}")
     if score not in ("velocity", "tweedie"):
         raise ValueError(f"score must be 'velocity' or 'tweedie', got {score!r}")
-    if isinstance(t, torch.Tensor):
-        tt = (t[:, None] if t.dim() == 1 else t).expand(B, K).to(x_t.dtype)
-    else:
-        tt = torch.full((B, K), float(t), dtype=x_t.dtype, device=x_t.device)
+    tt = time_matrix(t, B, K, x_t.dtype, x_t.device)
     s_rep = s.repeat_interleave(K, dim=0)
     r_rep = residual.repeat_interleave(K, dim=0)
     _, jv = velocity_jvp(params, s_rep, x_t.reshape(B * K, d), tt.reshape(-1), r_rep, backend=backend)

@@ -328,6 +328,13 @@ class FlowAgent(nn.Module):
         info.update({f"actor/{k}": v for k, v in actor_info.items()})
         return critic_loss + actor_loss, info
 
+    def forward(
+        self, batch: Batch, noise: FlowNoise, *, with_metrics: bool = True
+    ) -> tuple[torch.Tensor, Info]:
+        """:meth:`total_loss`, as the module's call, so ``torch.func.functional_call`` can run the loss on
+        parameters held outside the agent (the stacked parameters of a multi-seed run)."""
+        return self.total_loss(batch, noise, with_metrics=with_metrics)
+
     # ------------------------------------------------------------------ the update
     def update(self, batch: Batch, noise: FlowNoise | None = None, *, with_metrics: bool = True) -> Info:
         """One gradient step. ``noise`` (default: drawn from the agent's generator) makes it replayable.

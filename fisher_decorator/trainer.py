@@ -16,6 +16,7 @@ its checkpoint continues exactly as an uninterrupted run would have.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import sys
@@ -220,14 +221,20 @@ class Trainer:
                 "delete the directory or choose another --out"
             )
 
-    def _setup(self) -> None:
+    def _setup(self, shared: Trainer | None = None) -> None:
+        """Device, task, data, agent and samplers. ``shared``: a trainer of the same task (another seed
+        of a multi-seed run) whose task, data and device-resident dataset this one reuses."""
         cfg = self.cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
         self.dtype = getattr(torch, cfg.dtype)
-        self.task = make_task(cfg.task, dataset_dir=cfg.dataset_dir, seed=cfg.seed)
-        self.data = self.task.load_data()
+        self._owns_task = shared is None
+        if shared is None:
+            self.task = make_task(cfg.task, dataset_dir=cfg.dataset_dir, seed=cfg.seed)
+            self.data = self.task.load_data()
+        else:
+            self.task, self.data = shared.task, shared.data
         train = self.data.train
         self.obs_dim = int(train["observations"].shape[-1])
         self.action_dim = int(train["actions"].shape[-1])
@@ -241,10 +248,19 @@ class Trainer:
             dtype=self.dtype,
         )
         sampler_kw = dict(device=self.device, dtype=self.dtype, action_clip_eps=cfg.action_clip_eps or None)
-        self.sampler = TransitionSampler(train, seed=derive_seed(cfg.seed, "batches"), **sampler_kw)
+        batches_seed = derive_seed(cfg.seed, "batches")
+        if shared is None:
+            self.sampler = TransitionSampler(train, seed=batches_seed, **sampler_kw)
+        else:  # the same tensors (one copy of the dataset on the device), this run's own index stream
+            self.sampler = copy.copy(shared.sampler)
+            self.sampler.generator = torch.Generator().manual_seed(batches_seed)
         self.val_sampler = None
         if cfg.validation and self.data.val is not None and len(self.data.val.get("observations", ())) > 0:
-            self.val_sampler = TransitionSampler(self.data.val, seed=0, **sampler_kw)
+            self.val_sampler = (
+                TransitionSampler(self.data.val, seed=0, **sampler_kw)
+                if shared is None
+                else shared.val_sampler
+            )
 
     def _config_record(self) -> dict[str, Any]:
         from fisher_decorator.info import environment
@@ -332,10 +348,35 @@ class Trainer:
             return False
         return step % cfg.eval_interval == 0 or step == cfg.steps or (cfg.eval_at_start and step == 1)
 
+    def _metrics_due(self, step: int) -> bool:
+        return step % self.cfg.log_interval == 0 or step == self.cfg.steps
+
+    def _save_due(self, step: int) -> bool:
+        return step % self.cfg.save_interval == 0 or step == self.cfg.steps
+
     # ------------------------------------------------------------------ run
     def run(self) -> dict[str, Any]:
+        self.start()
+        try:
+            while self.step < self.cfg.steps:
+                t0 = time.perf_counter()
+                step = self.step + 1
+                with_metrics = self._metrics_due(step)
+                batch = self.batches.next()
+                info = self.agent.update(batch, with_metrics=with_metrics)
+                row = _floats(info) if with_metrics else None
+                self.end_step(step, row, time.perf_counter() - t0)
+        finally:
+            self.close()
+        return self.finish()
+
+    def start(self, *, shared: Trainer | None = None, progress: bool | None = None) -> None:
+        """Everything before the first update: setup, restore or config.json, logs, progress bar, batches.
+
+        ``shared``: see :meth:`_setup`. ``progress``: show the bar (default: the config's ``progress``).
+        """
         cfg = self.cfg
-        self._setup()
+        self._setup(shared)
         self.train_time = 0.0
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.resume:
@@ -347,78 +388,80 @@ class Trainer:
         else:
             write_json(self.run_dir / CONFIG, self._config_record())
         resume_step = self.step if self.resume else None
-        train_log = CSVLogger(self.run_dir / "train.csv", resume_step=resume_step)
-        eval_log = CSVLogger(self.run_dir / "eval.csv", resume_step=resume_step)
-        tb = None
+        self.train_log = CSVLogger(self.run_dir / "train.csv", resume_step=resume_step)
+        self.eval_log = CSVLogger(self.run_dir / "eval.csv", resume_step=resume_step)
+        self.tb = None
         if cfg.tensorboard:
-            tb = TensorBoardLogger(
+            self.tb = TensorBoardLogger(
                 self.run_dir / "tensorboard", purge_step=self.step + 1 if self.resume else None
             )
 
         from tqdm import tqdm
 
-        bar = tqdm(
+        self.bar = tqdm(
             total=cfg.steps,
             initial=self.step,
-            disable=not cfg.progress,
+            disable=not (cfg.progress if progress is None else progress),
             dynamic_ncols=True,
             smoothing=0.05,
             unit="step",
             desc=f"{cfg.agent} {cfg.task} s{cfg.seed}",
             file=sys.stderr,
         )
-        wall0 = time.perf_counter()
-        window_t, window_steps = 0.0, 0
-        postfix: dict[str, str] = {}
+        self._wall0 = time.perf_counter()
+        self._window_t, self._window_steps = 0.0, 0
+        self._postfix: dict[str, str] = {}
         self.batches = BatchPrefetcher(self.sampler, cfg.batch_size, cfg.prefetch)
-        try:
-            while self.step < cfg.steps:
-                t0 = time.perf_counter()
-                step = self.step + 1
-                with_metrics = step % cfg.log_interval == 0 or step == cfg.steps
-                batch = self.batches.next()
-                info = self.agent.update(batch, with_metrics=with_metrics)
-                self.step = step
-                if with_metrics:
-                    row = _floats(info)
-                dt = time.perf_counter() - t0
-                self.train_time += dt
-                window_t += dt
-                window_steps += 1
-                if with_metrics:
-                    row["time/updates_per_sec"] = window_steps / max(window_t, 1e-12)
-                    row["time/train_time"] = self.train_time
-                    row["time/total_time"] = time.perf_counter() - wall0
-                    window_t, window_steps = 0.0, 0
-                    if self.val_sampler is not None:
-                        row.update(self._validation_metrics())
-                    train_log.log(row, step)
-                    if tb:
-                        tb.log(row, step)
-                    postfix.update(critic=f"{row['critic/critic_loss']:.3g}", q=f"{row['actor/q']:.3g}")
-                    bar.set_postfix(postfix, refresh=False)
-                if self._eval_due(step):
-                    erow = self.evaluate()
-                    self.eval_history.append({"step": step, **erow})
-                    eval_log.log(erow, step)
-                    if tb:
-                        tb.log(erow, step)
-                    bar.set_postfix(
-                        success=f"{erow.get('evaluation/success', float('nan')):.3f}", refresh=False
-                    )
-                if step % cfg.save_interval == 0 or step == cfg.steps:
-                    self.save()
-                    if tb:
-                        tb.flush()
-                bar.update(1)
-                if self.callback is not None:
-                    self.callback(step, self)
-        finally:
-            self.batches.close()
-            bar.close()
+
+    def end_step(self, step: int, row: dict[str, float] | None, dt: float) -> None:
+        """After update ``step`` (which took ``dt`` s): log ``row`` (the update's metrics, None when
+        not a log step), evaluate, checkpoint, as due."""
+        tb = self.tb
+        self.step = step
+        self.train_time += dt
+        self._window_t += dt
+        self._window_steps += 1
+        if row is not None:
+            row["time/updates_per_sec"] = self._window_steps / max(self._window_t, 1e-12)
+            row["time/train_time"] = self.train_time
+            row["time/total_time"] = time.perf_counter() - self._wall0
+            self._window_t, self._window_steps = 0.0, 0
+            if self.val_sampler is not None:
+                row.update(self._validation_metrics())
+            self.train_log.log(row, step)
             if tb:
-                tb.close()
+                tb.log(row, step)
+            self._postfix.update(critic=f"{row['critic/critic_loss']:.3g}", q=f"{row['actor/q']:.3g}")
+            self.bar.set_postfix(self._postfix, refresh=False)
+        if self._eval_due(step):
+            erow = self.evaluate()
+            self.eval_history.append({"step": step, **erow})
+            self.eval_log.log(erow, step)
+            if tb:
+                tb.log(erow, step)
+            self.bar.set_postfix(success=f"{erow.get('evaluation/success', float('nan')):.3f}", refresh=False)
+        if self._save_due(step):
+            self.save()
+            if tb:
+                tb.flush()
+        self.bar.update(1)
+        if self.callback is not None:
+            self.callback(step, self)
+
+    def close(self) -> None:
+        """Stop the prefetch thread, close the bar, the TensorBoard writer and (when it owns it) the task."""
+        if self.batches is not None:
+            self.batches.close()
+        if getattr(self, "bar", None) is not None:
+            self.bar.close()
+        if getattr(self, "tb", None):
+            self.tb.close()
+        if getattr(self, "task", None) is not None and self._owns_task:
             self.task.close()
+
+    def finish(self) -> dict[str, Any]:
+        """The summary dict, also written to summary.json."""
+        cfg = self.cfg
         summary = {
             "task": cfg.task,
             "agent": cfg.agent,

@@ -4,6 +4,8 @@ fidec train                                    # toy-bandit: FiDec and DeFlow, ~
 fidec train --agent fidec --task cube-single-play-singletask-task2-v0 --seed 0 --out runs/cube2-fidec
 fidec train ... --set fisher_t=0.9 --set actor_hidden_dims=256,256
 fidec train --out runs/cube2-fidec --resume    # continue a killed run from its checkpoint
+fidec train --agent fidec --task cube-single-play-singletask-task2-v0 --seeds 0,1,2,3 --out runs/cube2
+                                               # 4 seeds stacked in one process: runs/cube2/seed<i>/
 """
 
 from __future__ import annotations
@@ -71,11 +73,20 @@ def run_dirs_for(args, agents: list[str], seed: int) -> dict[str, Path]:
     return {a: parent / a for a in agents}
 
 
+def multiseed_roots_for(args, agents: list[str]) -> dict[str, Path]:
+    """With --seeds: each agent's root (seed i in <root>/seed<i>); default runs/<task>/<agent>."""
+    if args.out is not None:
+        out = Path(args.out)
+        return {agents[0]: out} if len(agents) == 1 else {a: out / a for a in agents}
+    return {a: Path("runs") / args.task / a for a in agents}
+
+
 def command_line(args: argparse.Namespace, agent: str) -> str:
     """The ``fidec train`` command that reproduces this run (recorded in config.json)."""
     parts = ["fidec", "train", "--agent", agent, "--task", args.task]
     for flag in (
         "seed",
+        "seeds",
         "steps",
         "out",
         "dataset_dir",
@@ -97,6 +108,13 @@ def command_line(args: argparse.Namespace, agent: str) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from fisher_decorator.multiseed import (
+        MultiSeedTrainer,
+        is_multiseed_root,
+        parse_seeds,
+        read_multiseed,
+        seed_dir,
+    )
     from fisher_decorator.trainer import Trainer, load_run_config, resolve_configs
 
     if args.list_tasks:
@@ -107,7 +125,16 @@ def _run(args: argparse.Namespace) -> int:
     try:
         if args.resume and args.out is None:
             raise ConfigError("--resume needs --out (the run directory to continue)")
-        if args.resume and args.task is None and args.agent is None:
+        seeds = None
+        if args.seeds is not None:
+            if args.seed is not None:
+                raise ConfigError("give either --seed (one run) or --seeds (several, stacked), not both")
+            seeds = parse_seeds(args.seeds)
+        if args.resume and is_multiseed_root(args.out):
+            old = read_multiseed(args.out)
+            args.task, args.agent = args.task or old["task"], args.agent or old["agent"]
+            seeds = seeds if seeds is not None else list(old["seeds"])
+        elif args.resume and args.task is None and args.agent is None:
             old, _, _ = load_run_config(args.out)
             args.task, args.agent = old.task, old.agent
         args.task = args.task or "toy-bandit"
@@ -128,6 +155,8 @@ def _run(args: argparse.Namespace) -> int:
             "progress": False if args.no_progress else None,
         }
         overrides = parse_sets(args.set)
+        if seeds is not None and any(k.rpartition(".")[2] == "seed" for k in overrides):
+            raise ConfigError("with --seeds the seeds come from --seeds, not --set seed=...")
         resolved = {
             a: resolve_configs(args.task, a, flags=flags, overrides=overrides_for(a, agents, overrides))
             for a in agents
@@ -142,11 +171,29 @@ def _run(args: argparse.Namespace) -> int:
                 )
             )
             return 0
-        summaries = {}
-        for agent, (train_cfg, agent_cfg, record) in resolved.items():
-            record["command"] = command_line(args, agent)
-            trainer = Trainer(train_cfg, agent_cfg, dirs[agent], resume=args.resume, record=record)
-            summaries[agent] = trainer.run()
+        summaries, multi = {}, {}
+        if seeds is None:
+            for agent, (train_cfg, agent_cfg, record) in resolved.items():
+                record["command"] = command_line(args, agent)
+                trainer = Trainer(train_cfg, agent_cfg, dirs[agent], resume=args.resume, record=record)
+                summaries[agent] = trainer.run()
+        else:
+            roots = multiseed_roots_for(args, agents)
+            trainers = {  # all built (their directories checked) before the first one trains
+                agent: MultiSeedTrainer(
+                    train_cfg,
+                    agent_cfg,
+                    seeds,
+                    roots[agent],
+                    resume=args.resume,
+                    record={**record, "command": command_line(args, agent)},
+                )
+                for agent, (train_cfg, agent_cfg, record) in resolved.items()
+            }
+            dirs = {a: seed_dir(roots[a], seeds[0]) for a in agents}
+            for agent, trainer in trainers.items():
+                multi[agent] = trainer.run()
+                summaries.update({f"{agent} seed {s['seed']}": s for s in multi[agent]["summaries"]})
     except (ConfigError, FileExistsError, FileNotFoundError, ValueError, KeyError) as exc:
         print(f"fidec train: error: {exc}", file=sys.stderr)
         return 2
@@ -165,14 +212,24 @@ def _run(args: argparse.Namespace) -> int:
             f"{agent}: {s['steps']} steps, {ups} updates/s, score = mean {s['score_key']} at step(s) {steps}: {score}"
         )
         print(f"  run dir: {s['run_dir']}")
+    for agent, m in multi.items():
+        ups = m["updates_per_sec_per_seed"]
+        mean = "n/a" if m["score_mean"] is None else f"{m['score_mean']:.4f}"
+        print(
+            f"{agent}: {len(m['seeds'])} seeds stacked, {ups:.1f} updates/s per seed "
+            f"({m['updates_per_sec_total']:.1f} in all), mean score {mean}; root: {m['root']}"
+        )
     if args.task == "toy-bandit" and not args.no_plot:
         residual = {a: d for a, d in dirs.items() if a in ("fidec", "deflow")}
         if residual:
             from fisher_decorator.plotting import plot_toy_bandit
 
             parent = Path(args.out) if args.out is not None else next(iter(dirs.values())).parent
+            if seeds is not None and args.out is None:
+                parent = Path("runs") / args.task
             png = plot_toy_bandit(residual, parent / "toy_bandit.png")
-            print(f"toy-bandit figure: {png}")
+            which = f" (seed {seeds[0]})" if seeds is not None else ""
+            print(f"toy-bandit figure{which}: {png}")
     return 0
 
 
@@ -192,6 +249,12 @@ def register(sub) -> None:
         help="toy-bandit (default) or an OGBench single task, e.g. cube-single-play-singletask-task2-v0",
     )
     p.add_argument("--seed", type=int, help="run seed (default 0)")
+    p.add_argument(
+        "--seeds",
+        metavar="S0,S1,...",
+        help="train one run per seed in this process, the seeds' networks stacked (one batched update); "
+        "seed i writes <out>/seed<i>/, a run directory like a single run's (default out: runs/<task>/<agent>)",
+    )
     p.add_argument("--steps", type=int, help="gradient updates (default: the task preset's)")
     p.add_argument(
         "--out",

@@ -91,3 +91,12 @@ def test_ctrl_c_stops_ray_runs_after_a_checkpoint(tmp_path):
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_unreachable_cluster_is_an_error_at_once(tmp_path, capsys):
+    from fisher_decorator.cli import main
+
+    code = main(["sweep", "--out", str(tmp_path / "s"), "--agents", "fidec", "--tasks", "toy-bandit", "--seeds", "0"]
+                + ["--address", "127.0.0.1:1"])  # fmt: skip
+    assert code == 2
+    assert "cannot reach the Ray cluster at '127.0.0.1:1'" in capsys.readouterr().err

@@ -60,6 +60,19 @@ def import_ray():
     return ray
 
 
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on a cluster address nothing listens at: ``ray.init`` would retry for minutes."""
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():  # "auto", or a form Ray resolves itself
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise SweepError(
+            f"cannot reach the Ray cluster at {address!r} ({exc}); is its head node up and the port open?"
+        ) from None
+
+
 def cpu_count() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -177,12 +190,15 @@ class RayExecutor:
         self.ray = ray
         self._owns = not ray.is_initialized()
         if self._owns:
-            ray.init(
-                address=address,
-                include_dashboard=False,
-                log_to_driver=False,
-                logging_level="WARNING",
-            )
+            if address:
+                check_reachable(address)
+            try:
+                ray.init(
+                    address=address, include_dashboard=False, log_to_driver=False, logging_level="WARNING"
+                )
+            except Exception as exc:  # noqa: BLE001 - unreachable cluster, version mismatch, bad address
+                where = f"the Ray cluster at {address!r}" if address else "a local Ray instance"
+                raise SweepError(f"cannot start or reach {where}: {type(exc).__name__}: {exc}") from exc
         res = ray.cluster_resources()
         self.resources = {k: res.get(k, 0) for k in ("CPU", "GPU")}
         node_cpus = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]

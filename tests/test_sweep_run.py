@@ -215,7 +215,9 @@ def test_finished_sweep_is_not_redone_and_can_be_extended(tmp_path, capsys):
     assert f"{RUN1:64} done" in status and "0 pending, 0 running, 2 done, 0 failed" in status
     assert main(["sweep", "--out", str(out), "--dry-run"]) == 0
     commands = capsys.readouterr().out.splitlines()
-    assert len(commands) == 2 and commands[0].startswith("fidec train --agent fidec --task toy-bandit --out ")
+    assert len(commands) == 2 and commands[0].startswith(
+        "fidec train --agent fidec --task toy-bandit --seed 0 --out "
+    )
 
 
 def test_errors_name_the_problem(tmp_path, capsys, monkeypatch):

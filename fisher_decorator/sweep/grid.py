@@ -351,10 +351,12 @@ def resolve_run(
         raise SweepError(f"run {spec.run_id}: {exc}") from None
     train, agent = to_dict(train_cfg), to_dict(agent_cfg)
     run_dir = Path(sweep_dir) / spec.rel_dir
-    command = ["fidec", "train", "--agent", spec.agent, "--task", spec.task, "--out", str(run_dir)]
-    command += ["--no-plot"]
+    command = ["fidec", "train", "--agent", spec.agent, "--task", spec.task, "--seed", str(spec.seed)]
+    command += ["--out", str(run_dir), "--no-plot"]
     for key in {**train_flags, **overrides}:
         name = key.rpartition(".")[2]
+        if name == "seed":
+            continue
         final = train.get(name, agent.get(name))
         command += ["--set", f"{name}={_format_value(final)}"]
     record.update(

@@ -195,7 +195,7 @@ class TrainConfig:
         5000, "Steps between rows of train.csv / TensorBoard (metrics are computed only then)."
     )
     eval_interval: int = option(
-        100_000, "Steps between evaluations (0: never; the last step is always evaluated)."
+        100_000, "Steps between evaluations; the last step is evaluated too (0: no evaluation at all)."
     )
     eval_episodes: int = option(50, "Episodes per evaluation.")
     eval_at_start: bool = option(True, "Also evaluate after the first update, as the authors' main.py does.")

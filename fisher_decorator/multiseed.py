@@ -267,6 +267,10 @@ def stacked_paths(config) -> dict[str, str]:
     }
     if hasattr(config, "penalty_backend"):
         out["penalty_backend"] = "reference"
+    if config.compile:
+        out["compile"] = (
+            f"torch.compile(fullgraph, mode={config.compile_mode}) of the vmapped loss and gradient"
+        )
     return out
 
 
@@ -323,12 +327,10 @@ class StackedAgents:
         self.target_names = ["target_" + n for n in self.critic_names]
         if any(n not in self.frozen_names for n in self.target_names):
             raise ValueError("the target critic's parameters must mirror the critic's")
-        all_names = self.names + self.frozen_names + self.buffer_names
+        per_agent = [{**dict(a.named_parameters()), **dict(a.named_buffers())} for a in agents]
         self.tensors: dict[str, torch.Tensor] = {
-            n: torch.stack(
-                [dict(a.named_parameters(), **dict(a.named_buffers()))[n].detach() for a in agents]
-            )
-            for n in all_names
+            n: torch.stack([t[n].detach() for t in per_agent])
+            for n in self.names + self.frozen_names + self.buffer_names
         }
         opt0 = a0.optimizer
         self.optimizer = type(opt0)([self.tensors[n] for n in self.names], **opt0.defaults)

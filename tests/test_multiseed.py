@@ -4,6 +4,7 @@ killed stacked run, and the ``fidec train --seeds`` entry point with its errors.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -131,6 +132,24 @@ def test_stacked_update_in_float64_agrees_to_fp64_rounding():
         for want, mine in zip([a.update(b) for a, b in zip(singles, bs)], got):
             for k in want:
                 close(mine[k], want[k], k, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_compiled_stacked_update_matches_eager_single_agents():
+    # compile=True compiles the whole vmapped loss + gradient (fullgraph), the rollouts in their traced
+    # form; ~1 min of inductor on 2 cores. The single agents stay eager.
+    cfg = AGENTS["fidec"].config_class(**agent_kwargs("fidec"))
+    singles = [make_agent("fidec", OBS, ACT, cfg, seed=s) for s in (0, 1)]
+    compiled = dataclasses.replace(cfg, compile=True)
+    stacked = StackedAgents([make_agent("fidec", OBS, ACT, compiled, seed=s) for s in (0, 1)])
+    g = torch.Generator().manual_seed(0)
+    a, b = [], []
+    for step in range(4):
+        bs = batches(g, 2)
+        b.append(unstack_info(stacked.update(bs, with_metrics=step % 2 == 0)))
+        a.append([s.update(x, with_metrics=step % 2 == 0) for s, x in zip(singles, bs)])
+    stacked.sync_to_agents()
+    assert_matches(singles, stacked, a, b)
 
 
 def test_bf16_rollouts_stay_close_to_the_single_agent():

@@ -562,6 +562,18 @@ class MultiSeedTrainer:
                     f"cannot resume with seeds {self.seeds}: the run in {self.root} has {old['seeds']}"
                 )
             _recover_checkpoints(self.root, self.seeds, old.get("checkpoint_step"))
+            steps = {}
+            for seed in self.seeds:  # memory-mapped: only the step is read here
+                path = seed_dir(self.root, seed) / CHECKPOINT
+                if path.is_file():
+                    steps[seed] = int(
+                        torch.load(path, map_location="cpu", mmap=True, weights_only=False)["step"]
+                    )
+            if len(set(steps.values())) > 1:
+                raise ConfigError(
+                    f"cannot resume {self.root} stacked: its seeds' checkpoints are at different steps {steps} "
+                    "(a seed was continued on its own); continue the seeds one by one with --seed"
+                )
         elif meta.exists():
             raise FileExistsError(
                 f"{self.root} already holds a multi-seed run; pass --resume to continue it or choose another --out"

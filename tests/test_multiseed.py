@@ -350,6 +350,8 @@ def test_cli_seeds_smoke_eval_resume_and_errors(tmp_path, capsys):
     assert main([*single, "--out", str(out / "seed1"), "--resume", *TINY]) == 0
     assert load_checkpoint(out / "seed1" / CHECKPOINT)["step"] == 8
     capsys.readouterr()
+    assert cli(out, "--steps", "10", "--resume") == 2  # seed 1 is now ahead of seed 3
+    assert "different steps {3: 6, 1: 8}" in capsys.readouterr().err
     for args, message in (
         (("--seeds", "0,1,0"), "more than once"),
         (("--seeds", "0,x"), "comma list of integers"),

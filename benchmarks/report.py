@@ -104,6 +104,30 @@ def train_table(machine: dict, rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def multiseed_table(machine: dict, rows: list[dict]) -> str:
+    """Markdown for the multiseed_step rows: stacked seeds against the same seeds updated one by one."""
+    rows = sorted((r for r in rows if r["case"].get("op") == "multiseed_step"),
+                  key=lambda r: (r["case"]["size"], r["case"].get("compile", False), r["case"]["seeds"], r["case"]["mode"]))  # fmt: skip
+    out = [
+        f"### Multi-seed updates on {machine['device_name']} ({machine['device']}, torch {machine['torch']}, "
+        f"{machine['torch_threads']} threads, commit {machine['commit']}, {machine['date']})",
+        "",
+        "S seeds per step, stacked (one vmapped update) or sequential (S single agents, one after another), timed "
+        "round-robin in one run. `x` = sequential time / stacked time.",
+        "",
+        "| size | compile | seeds | mode | ms/step (p50) | updates/s per seed | x |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        c = r["case"]
+        size = f"B={c['B']}, {len(c['hidden'])}x{c['hidden'][0]}, K={c['K']}, N={c['N']}"
+        out.append(
+            f"| {size} | {c.get('compile', False)} | {c['seeds']} | {c['mode']} | {r['p50_ms']:.1f} | "
+            f"{r['updates_per_s_per_seed']:.2f} | {r.get('speedup_vs_sequential', float('nan')):.2f} |"
+        )
+    return "\n".join(out)
+
+
 def all_tables() -> str:
     parts = []
     for path in sorted(RESULTS.glob("*.json")):
@@ -111,9 +135,12 @@ def all_tables() -> str:
         if not data.get("rows") or "case" not in data["rows"][0]:
             continue
         ops = sorted({r["case"].get("op") for r in data["rows"] if "op" in r["case"] and "mode" in r["case"]})
+        src = f"Source: `results/{path.name}`\n\n"
         if "train_update" in ops:
-            parts.append(f"Source: `results/{path.name}`\n\n" + train_table(data["machine"], data["rows"]))
-        for op in (o for o in ops if o != "train_update"):
+            parts.append(src + train_table(data["machine"], data["rows"]))
+        if "multiseed_step" in ops:
+            parts.append(src + multiseed_table(data["machine"], data["rows"]))
+        for op in (o for o in ops if o not in ("train_update", "multiseed_step")):
             parts.append(f"Source: `results/{path.name}`\n\n" + op_table(data["machine"], data["rows"], op))
     return "\n\n".join(parts)
 

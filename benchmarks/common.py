@@ -52,6 +52,21 @@ def machine_slug(env: dict) -> str:
     return tag
 
 
+def sync() -> None:
+    """Wait for queued GPU work, so a timer around it measures the work, not its launch."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(fn) -> float:
+    """Seconds of one call of ``fn`` (GPU work included)."""
+    sync()
+    t0 = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - t0
+
+
 def quantiles(samples: list[float], qs=(0.2, 0.5, 0.8)) -> list[float]:
     t = torch.tensor(samples, dtype=torch.float64)
     return [float(torch.quantile(t, q)) for q in qs]

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import cuda_peak_bytes, machine, quantiles, write_rows
+from benchmarks.common import cuda_peak_bytes, machine, quantiles, timed, write_rows
 from fisher_decorator.agents import make_agent
 from fisher_decorator.multiseed import StackedAgents
 from fisher_decorator.trainer import resolve_configs
@@ -40,19 +40,6 @@ from fisher_decorator.trainer import resolve_configs
 OBS, ACT = 28, 5
 TASK = "cube-single-play-singletask-task2-v0"
 SIZES = {"small": dict(B=64, hidden=256, K=8), "paper": dict(B=256, hidden=512, K=8)}
-
-
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def _timed(fn) -> float:
-    _sync()
-    t0 = time.perf_counter()
-    fn()
-    _sync()
-    return time.perf_counter() - t0
 
 
 def cpu_pressure() -> float | None:
@@ -129,7 +116,7 @@ def main(argv=None) -> int:
                 times = {m: [] for m in cases}
                 for _ in range(args.rounds):
                     for m, (step, _) in cases.items():
-                        times[m].append(_timed(step))
+                        times[m].append(timed(step))
                 load1, psi1 = os.getloadavg(), cpu_pressure()
                 block = []
                 for m, ts in times.items():

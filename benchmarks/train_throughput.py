@@ -42,7 +42,7 @@ import time
 
 import torch
 
-from benchmarks.common import cpu_peak_bytes, cuda_peak_bytes, machine, quantiles, write_rows
+from benchmarks.common import cpu_peak_bytes, cuda_peak_bytes, machine, quantiles, timed, write_rows
 from fisher_decorator.agents import FiDecAgent, make_agent
 from fisher_decorator.trainer import resolve_configs
 
@@ -146,7 +146,7 @@ def time_rollouts(agent, batch, n: int) -> float:
             calls += [(obs, noise.fisher_noise[:, k]) for k in range(noise.fisher_noise.shape[1])]
         else:
             calls.append((obs, noise.fisher_noise))
-    ts = [_timed(lambda: [agent.flow_actions(o, z) for o, z in calls]) for _ in range(n)]
+    ts = [timed(lambda: [agent.flow_actions(o, z) for o, z in calls]) for _ in range(n)]
     return sorted(ts)[len(ts) // 2]
 
 
@@ -156,7 +156,7 @@ def time_optimizer(agent, n: int) -> float:
             p.grad = torch.zeros_like(p)
     state = {k: v.clone() for k, v in agent.state_dict().items()}
     opt_state = agent.optimizer.state_dict()
-    ts = [_timed(agent.optimizer.step) for _ in range(n)]
+    ts = [timed(agent.optimizer.step) for _ in range(n)]
     agent.load_state_dict(state)
     agent.optimizer.load_state_dict(opt_state)
     return sorted(ts)[len(ts) // 2]
@@ -168,21 +168,8 @@ def gemm_peak(dtype: torch.dtype, device: str, rounds: int = 20) -> float:
     out = torch.empty(2048, 512, dtype=dtype, device=device)
     for _ in range(3):
         torch.mm(a, w, out=out)
-    best = min(_timed(lambda: torch.mm(a, w, out=out)) for _ in range(rounds))
+    best = min(timed(lambda: torch.mm(a, w, out=out)) for _ in range(rounds))
     return 2 * 2048 * 512 * 512 / best / 1e9
-
-
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def _timed(fn) -> float:
-    _sync()
-    t0 = time.perf_counter()
-    fn()
-    _sync()
-    return time.perf_counter() - t0
 
 
 def time_toy() -> dict:
@@ -274,7 +261,7 @@ def main(argv=None) -> int:
     times = {k: [] for k in cases}
     for _ in range(args.rounds):
         for key, (agent, batch, with_metrics) in cases.items():
-            times[key].append(_timed(functools.partial(agent.update, batch, with_metrics=with_metrics)))
+            times[key].append(timed(functools.partial(agent.update, batch, with_metrics=with_metrics)))
     jax_rows = time_authors_jax(args, agents) if args.jax_python else []
     peaks = {
         "float32": gemm_peak(torch.float32, args.device),

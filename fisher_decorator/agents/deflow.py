@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import torch
 
-from fisher_decorator.agents.base import Batch, FlowNoise, Info
+from fisher_decorator.agents.base import FlowNoise, Info
 from fisher_decorator.agents.residual import ResidualAgent, ResidualConfig
 
 
@@ -28,29 +28,8 @@ class DeFlowAgent(ResidualAgent):
     config_class: ClassVar[type] = DeFlowConfig
     q_norm_eps: ClassVar[float | None] = None
 
-    def actor_loss(
-        self, batch: Batch, noise: FlowNoise, *, with_metrics: bool = True
+    def divergence(
+        self, obs: torch.Tensor, residual: torch.Tensor, noise: FlowNoise, *, with_metrics: bool
     ) -> tuple[torch.Tensor, Info]:
-        """bc_flow_loss + alpha * mean(r^2) + q_loss (+ alpha_loss)."""
-        obs, actions = batch["observations"], batch["actions"]
-        bc_flow_loss = self.flow_matching_loss(batch, noise)
-        base_actions = self.flow_actions(obs, noise.base)
-        residual = self.residual(obs, base_actions)
-        divergence = residual.square().mean()
-        distill_loss, alpha_loss, alpha = self.lagrange(divergence)
-        q_loss, q = self.q_loss(obs, (base_actions + residual).clamp(-1.0, 1.0))
-        actor_loss = bc_flow_loss + distill_loss + q_loss + alpha_loss
-        info = {
-            "actor_loss": actor_loss.detach(),
-            "bc_flow_loss": bc_flow_loss.detach(),
-            "distill_loss": divergence.detach(),
-            "q_loss": q_loss.detach(),
-            "q": q.detach().mean(),
-            "alpha_loss": alpha_loss.detach(),
-            "alpha_value": alpha,
-        }
-        if with_metrics:
-            info["refinement_mse"] = divergence.detach()
-            with torch.no_grad():
-                info["mse"] = (self.policy_actions(obs, noise.metric) - actions).square().mean()
-        return actor_loss, info
+        """D = mean(r^2) = mean_b ||r_b||^2 / d."""
+        return residual.square().mean(), {}

@@ -18,7 +18,7 @@ from typing import ClassVar
 
 import torch
 
-from fisher_decorator.agents.base import Batch, FlowNoise, Info
+from fisher_decorator.agents.base import FlowNoise, Info
 from fisher_decorator.agents.residual import ResidualAgent, ResidualConfig
 from fisher_decorator.config import ConfigError, _positive, option
 from fisher_decorator.ops import BACKENDS, fisher_penalty, fisher_quadratic_jacobian, flow_score
@@ -113,16 +113,12 @@ class FiDecAgent(ResidualAgent):
         )
         return velocity.reshape(B, K, d), x_t
 
-    def actor_loss(
-        self, batch: Batch, noise: FiDecNoise, *, with_metrics: bool = True
+    def divergence(
+        self, obs: torch.Tensor, residual: torch.Tensor, noise: FiDecNoise, *, with_metrics: bool
     ) -> tuple[torch.Tensor, Info]:
-        """bc_flow_loss + alpha * mean_b r^T F_n r / d + q_loss (+ alpha_loss)."""
+        """D = mean_b r^T F_n r / d, F_n the trace-normalised Fisher metric of the flow at the state."""
         cfg = self.config
-        obs, actions = batch["observations"], batch["actions"]
         d = self.action_dim
-        bc_flow_loss = self.flow_matching_loss(batch, noise)
-        base_actions = self.flow_actions(obs, noise.base)
-        residual = self.residual(obs, base_actions)
         velocity, x_t = self.fisher_samples(obs, noise)
         penalty, trace_per_dim = fisher_penalty(
             velocity,
@@ -148,19 +144,7 @@ class FiDecAgent(ResidualAgent):
                 backend=cfg.penalty_backend,
             )
             penalty = quad / (trace_per_dim * d)
-        divergence = penalty.mean()
-        distill_loss, alpha_loss, alpha = self.lagrange(divergence)
-        q_loss, q = self.q_loss(obs, (base_actions + residual).clamp(-1.0, 1.0))
-        actor_loss = bc_flow_loss + distill_loss + q_loss + alpha_loss
-        info = {
-            "actor_loss": actor_loss.detach(),
-            "bc_flow_loss": bc_flow_loss.detach(),
-            "distill_loss": divergence.detach(),
-            "q_loss": q_loss.detach(),
-            "q": q.detach().mean(),
-            "alpha_loss": alpha_loss.detach(),
-            "alpha_value": alpha,
-        }
+        info = {}
         if with_metrics:
             with torch.no_grad():
                 scores = flow_score(
@@ -170,6 +154,4 @@ class FiDecAgent(ResidualAgent):
                 info["fisher_quad_mean"] = (penalty.detach() * d).mean()
                 info["fisher_trace_per_dim_mean"] = trace_per_dim.detach().mean()
                 info["fisher_diag_mean"] = (raw_trace_per_dim / trace_per_dim).mean()
-                info["refinement_mse"] = residual.detach().square().mean()
-                info["mse"] = (self.policy_actions(obs, noise.metric) - actions).square().mean()
-        return actor_loss, info
+        return penalty.mean(), info

@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import torch
 
-from fisher_decorator.agents.base import AgentConfig, FlowAgent, LagrangeMixin
+from fisher_decorator.agents.base import AgentConfig, Batch, FlowAgent, FlowNoise, Info, LagrangeMixin
 from fisher_decorator.config import ConfigError, _positive, option
 from fisher_decorator.networks import StateActionMLP
 
@@ -52,6 +52,40 @@ class ResidualAgent(LagrangeMixin, FlowAgent):
             dtype=dtype,
         )
         self._build_log_alpha(dtype)
+
+    def divergence(
+        self, obs: torch.Tensor, residual: torch.Tensor, noise: FlowNoise, *, with_metrics: bool
+    ) -> tuple[torch.Tensor, Info]:
+        """D (0-d, with gradient to the residual only) and the metrics particular to it."""
+        raise NotImplementedError
+
+    def actor_loss(
+        self, batch: Batch, noise: FlowNoise, *, with_metrics: bool = True
+    ) -> tuple[torch.Tensor, Info]:
+        """SPEC 2-8: bc_flow_loss + alpha * D + q_loss (+ alpha_loss), D the subclass's :meth:`divergence`."""
+        obs, actions = batch["observations"], batch["actions"]
+        bc_flow_loss = self.flow_matching_loss(batch, noise)
+        base_actions = self.flow_actions(obs, noise.base)
+        residual = self.residual(obs, base_actions)
+        divergence, divergence_info = self.divergence(obs, residual, noise, with_metrics=with_metrics)
+        distill_loss, alpha_loss, alpha = self.lagrange(divergence)
+        q_loss, q = self.q_loss(obs, (base_actions + residual).clamp(-1.0, 1.0))
+        actor_loss = bc_flow_loss + distill_loss + q_loss + alpha_loss
+        info = {
+            "actor_loss": actor_loss.detach(),
+            "bc_flow_loss": bc_flow_loss.detach(),
+            "distill_loss": divergence.detach(),
+            "q_loss": q_loss.detach(),
+            "q": q.detach().mean(),
+            "alpha_loss": alpha_loss.detach(),
+            "alpha_value": alpha,
+        }
+        if with_metrics:
+            info.update(divergence_info)
+            with torch.no_grad():
+                info["refinement_mse"] = residual.detach().square().mean()
+                info["mse"] = (self.policy_actions(obs, noise.metric) - actions).square().mean()
+        return actor_loss, info
 
     def refine(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """One application of the transport map, clipped: ``clip(a + r(s, a), -1, 1)``."""

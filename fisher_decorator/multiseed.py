@@ -19,8 +19,8 @@ tolerance).
 Which paths run stacked (:func:`stacked_config`): the networks' GELU is ATen's (the fused GELU
 kernel is an autograd.Function without a batching rule), the Fisher penalty is the reference
 (its fused kernels have no batching rule; it is a few d x d products per state, small beside the
-rollouts), and every Euler rollout goes through :func:`stacked_euler_rollout`, the fused rollout
-of ``fisher_decorator.ops`` (state part of the first layer once per rollout, K samples of a state
+rollouts), and every Euler rollout goes through ``fisher_decorator.ops.stacked_euler_rollout``, the fused
+rollout of ``fisher_decorator.ops`` (state part of the first layer once per rollout, K samples of a state
 in one GEMM, in-place bias + GELU kernel, reused buffers, bf16/tf32 GEMMs) with batched GEMMs over
 the seeds, reached through a custom op whose vmap rule receives the whole stack. With
 ``rollout_backend="reference"`` the plain rollout loop is vmapped instead. Evaluation, validation
@@ -49,15 +49,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
 from fisher_decorator.agents.base import BATCH_KEYS, Batch, FlowAgent, Info
 from fisher_decorator.checkpoint import _fsync_dir, save_checkpoint, write_json
 from fisher_decorator.config import ConfigError, TrainConfig, to_dict, validate
 from fisher_decorator.networks import MLP
-from fisher_decorator.ops import RolloutWorkspace
-from fisher_decorator.ops._extension import _load
+from fisher_decorator.ops import stacked_euler_rollout
 from fisher_decorator.trainer import CHECKPOINT, Trainer, _floats
 
 MULTISEED = "multiseed.json"
@@ -65,125 +63,6 @@ _PENDING = re.compile(r"^\.checkpoint-(\d+)\.pt\.pending$")
 
 
 # ------------------------------------------------------------------------------ stacked rollout
-def _bias_gelu_(h: torch.Tensor, bias: torch.Tensor) -> None:
-    """In place ``h[g] <- gelu_tanh(h[g] + bias[g])``, h [G, R, H], bias [G, H]: the compiled kernel where
-    the extension has it for h's device, else ATen."""
-    compiled = _load()[0]
-    if compiled is not None and (h.device.type == "cpu" or (h.device.type == "cuda" and compiled.with_cuda)):
-        torch.ops.fidec.bias_gelu_(h, bias)
-    else:
-        h.copy_(F.gelu(h + bias[:, None, :], approximate="tanh"))
-
-
-_WORKSPACE = RolloutWorkspace()
-
-
-@torch.no_grad()
-def stacked_euler_rollout(
-    weights: Sequence[torch.Tensor],
-    biases: Sequence[torch.Tensor],
-    s: torch.Tensor,
-    noise: torch.Tensor,
-    steps: int,
-    *,
-    rollout_dtype: str = "float32",
-    workspace: RolloutWorkspace | None = None,
-) -> torch.Tensor:
-    """Euler rollouts of S velocity MLPs at once (SPEC "Sampling"), each on its own states and noise.
-
-    The fused rollout of ``fisher_decorator.ops.euler_rollout`` with a seed dimension: per seed the
-    same computation (state part of layer 1 once, ``+ (i/N) w_t`` folded into it at step i, the K
-    samples of a state in one GEMM, in-place bias + GELU-tanh), every GEMM batched over the seeds.
-
-    Args:
-        weights, biases: per layer, ``[S, out, in]`` and ``[S, out]`` (layer 1 takes concat [s, x, t]).
-        s: [S, B, obs_dim]. noise: [S, B, d] or [S, B, K, d].
-        steps: N >= 1.
-        rollout_dtype: "float32" (the parameters' dtype), "bfloat16" (GEMMs and activations in bf16,
-            x accumulated in fp32) or "tf32" (CUDA only).
-        workspace: reused buffers (default: a module-level one).
-
-    Returns:
-        actions with ``noise``'s shape, clipped to [-1, 1].
-    """
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-    if rollout_dtype not in ("float32", "bfloat16", "tf32"):
-        raise ValueError(f"rollout_dtype must be float32, bfloat16 or tf32, got {rollout_dtype!r}")
-    if rollout_dtype == "tf32" and s.device.type != "cuda":
-        raise ValueError("rollout_dtype='tf32' needs a CUDA device (TF32 is an Ampere+ GPU format)")
-    if s.dim() != 3 or noise.dim() not in (3, 4) or noise.shape[:2] != s.shape[:2]:
-        raise ValueError(
-            f"s must be [S, B, obs_dim] and noise [S, B, d] or [S, B, K, d], got {tuple(s.shape)} and "
-            f"{tuple(noise.shape)}"
-        )
-    ws = workspace or _WORKSPACE
-    shape = noise.shape
-    S, B, obs = s.shape
-    d = shape[-1]
-    K = shape[2] if noise.dim() == 4 else 1
-    M = B * K
-    dev = s.device
-    acc = torch.float64 if noise.dtype == torch.float64 else torch.float32
-    dtype = torch.bfloat16 if rollout_dtype == "bfloat16" else weights[0].dtype
-    if weights[0].shape[-1] != obs + d + 1:
-        raise ValueError(f"layer 1 takes {weights[0].shape[-1]} inputs, not obs_dim + d + 1 = {obs + d + 1}")
-    cast = (lambda t: t) if dtype == weights[0].dtype else (lambda t: t.to(dtype))
-    w1 = weights[0]
-    w_s, w_x, w_t = cast(w1[..., :obs]), cast(w1[..., obs : obs + d]), cast(w1[..., obs + d])
-    hidden = [(cast(w), cast(b)) for w, b in zip(weights[1:-1], biases[1:-1])]
-    last = len(weights) > 1
-    w_out, b_out = (cast(weights[-1]), cast(biases[-1])) if last else (None, None)
-    H1 = w1.shape[1]
-    if torch.compiler.is_compiling():  # no buffers, no in-place kernels: inductor fuses what it traces
-        state_bias = torch.baddbmm(cast(biases[0])[:, None, :], s.to(dtype), w_s.transpose(1, 2))
-        x = noise.reshape(S, M, d).to(acc)
-        for i in range(steps):
-            bias = (state_bias + (i / steps) * w_t[:, None, :]).repeat_interleave(K, dim=1)
-            a = torch.baddbmm(bias, x.to(dtype), w_x.transpose(1, 2))
-            if last:
-                a = F.gelu(a, approximate="tanh")
-                for w, b in hidden:
-                    a = F.gelu(torch.baddbmm(b[:, None, :], a, w.transpose(1, 2)), approximate="tanh")
-                a = torch.baddbmm(b_out[:, None, :], a, w_out.transpose(1, 2))
-            x = x + a.to(acc) / steps
-        return x.clamp(-1.0, 1.0).to(noise.dtype).reshape(shape)
-    old_tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = rollout_dtype == "tf32" or old_tf32
-    try:
-        state_bias = torch.baddbmm(
-            cast(biases[0])[:, None, :], s.to(dtype), w_s.transpose(1, 2)
-        )  # [S, B, H1]
-        x = ws.buffer("ms_x", (S, M, d), acc, dev)
-        x.copy_(noise.reshape(S, M, d))
-        x_in = x if dtype == acc else ws.buffer("ms_x_in", (S, M, d), dtype, dev)
-        bias = ws.buffer("ms_bias", (S, B, H1), dtype, dev)
-        h1 = ws.buffer("ms_h1", (S, M, H1), dtype, dev)
-        hid = [ws.buffer(f"ms_h{j + 2}", (S, M, w.shape[1]), dtype, dev) for j, (w, _) in enumerate(hidden)]
-        v = ws.buffer("ms_v", (S, M, d), dtype, dev)
-        w_xT = w_x.transpose(1, 2)
-        for i in range(steps):
-            if x_in is not x:
-                x_in.copy_(x)
-            torch.add(state_bias, w_t[:, None, :], alpha=i / steps, out=bias)
-            torch.bmm(x_in, w_xT, out=h1)
-            if not last:  # a one-layer "MLP": the first layer is the output
-                h1.view(S * B, K, H1).add_(bias.view(S * B, 1, H1))
-                x.add_(h1, alpha=1.0 / steps)
-                continue
-            _bias_gelu_(h1.view(S * B, K, H1), bias.view(S * B, H1))
-            a = h1
-            for (w, b), buf in zip(hidden, hid):
-                torch.bmm(a, w.transpose(1, 2), out=buf)
-                _bias_gelu_(buf, b)
-                a = buf
-            torch.baddbmm(b_out[:, None, :], a, w_out.transpose(1, 2), out=v)
-            x.add_(v, alpha=1.0 / steps)
-        return x.clamp(-1.0, 1.0).to(noise.dtype).reshape(shape)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = old_tf32
-
-
 @torch.library.custom_op("fidec_multiseed::euler_rollout", mutates_args=())
 def _rollout_op(
     params: list[torch.Tensor], s: torch.Tensor, noise: torch.Tensor, steps: int, rollout_dtype: str

@@ -22,10 +22,9 @@ from fisher_decorator.multiseed import (
     _recover_checkpoints,
     parse_seeds,
     read_multiseed,
-    stacked_euler_rollout,
     unstack_info,
 )
-from fisher_decorator.ops import euler_rollout
+from fisher_decorator.ops import euler_rollout, stacked_euler_rollout
 from fisher_decorator.trainer import CHECKPOINT, load_agent
 from tests.train_helpers import assert_states_equal, full_state, run_tiny, tiny_configs
 

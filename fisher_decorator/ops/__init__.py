@@ -1,7 +1,12 @@
 """Public ops of fisher-decorator, each with several backends (see ``available_backends()``)."""
 
 from fisher_decorator.ops._extension import BACKENDS, available_backends, backend_info, compiled_module
-from fisher_decorator.ops.euler_rollout import ROLLOUT_DTYPES, RolloutWorkspace, euler_rollout
+from fisher_decorator.ops.euler_rollout import (
+    ROLLOUT_DTYPES,
+    RolloutWorkspace,
+    euler_rollout,
+    stacked_euler_rollout,
+)
 from fisher_decorator.ops.fisher_penalty import fisher_matrix, fisher_penalty, flow_score
 from fisher_decorator.ops.gelu import gelu_tanh
 from fisher_decorator.ops.velocity_jvp import fisher_quadratic_jacobian, mlp_params, velocity_jvp
@@ -20,5 +25,6 @@ __all__ = [
     "flow_score",
     "gelu_tanh",
     "mlp_params",
+    "stacked_euler_rollout",
     "velocity_jvp",
 ]

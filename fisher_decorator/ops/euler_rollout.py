@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from fdkernels.euler_rollout import euler_rollout_ref, euler_rollout_triton, split_first_layer
-from fisher_decorator.ops._extension import resolve_backend
+from fdkernels.euler_rollout import euler_rollout_ref, euler_rollout_triton
+from fisher_decorator.ops._extension import _load, resolve_backend
 from fisher_decorator.ops.velocity_jvp import Params, check_velocity_inputs, mlp_params
 
 ROLLOUT_DTYPES = ("float32", "bfloat16", "tf32")
@@ -97,81 +98,145 @@ def _compute_dtype(rollout_dtype: str, device: torch.device, param_dtype: torch.
     return param_dtype
 
 
+def _bias_gelu_(h: torch.Tensor, bias: torch.Tensor) -> None:
+    """In place ``h[g] <- gelu_tanh(h[g] + bias[g])``, h [G, R, H], bias [G, H]: the compiled kernel where
+    the extension has one for h's device, else ATen."""
+    mod, _ = _load()
+    if mod is not None and (h.device.type == "cpu" or (h.device.type == "cuda" and mod.with_cuda)):
+        torch.ops.fidec.bias_gelu_(h, bias)
+    else:
+        h.copy_(torch.nn.functional.gelu(h + bias[:, None, :], approximate="tanh"))
+
+
+def _matmul_out(a: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> None:
+    """``out[s] = a[s] @ w[s]^T`` for a stack of S; S = 1 takes the plain GEMM."""
+    if a.shape[0] == 1:
+        torch.mm(a[0], w[0].t(), out=out[0])
+    else:
+        torch.bmm(a, w.transpose(1, 2), out=out)
+
+
 @torch.no_grad()
 def _rollout_fused(
-    params: Params, s, noise, steps: int, dtype: torch.dtype, ws: RolloutWorkspace, use_onednn: bool
-):
+    layers: list[tuple[torch.Tensor, torch.Tensor]],
+    s: torch.Tensor,
+    noise: torch.Tensor,
+    steps: int,
+    ws: RolloutWorkspace,
+    use_onednn: bool,
+) -> torch.Tensor:
+    """The fused rollout of a stack of S MLPs: ``layers`` [(W [S, out, in], b [S, out])] already in the
+    compute dtype, ``s: [S, B, obs]``, ``noise: [S, B, d]`` or ``[S, B, K, d]``; S = 1 for one agent."""
     shape = noise.shape
-    B, d = s.shape[0], shape[-1]
-    K = shape[1] if noise.dim() == 3 else 1
+    S, B, obs = s.shape
+    d = shape[-1]
+    K = shape[2] if noise.dim() == 4 else 1
     M = B * K
-    dev = s.device
-    w_s, w_x, w_t = split_first_layer(params, s.shape[1], d)
-    cast = lambda p: ws.cast(p, dtype)
-    w_s, w_x, w_t, b1 = (
-        cast(w_s.contiguous()),
-        cast(w_x.contiguous()),
-        cast(w_t.contiguous()),
-        cast(params[0][1]),
-    )
-    hidden = [(cast(w), cast(b)) for w, b in params[1:-1]]
-    w_out, b_out = (cast(params[-1][0]), cast(params[-1][1])) if len(params) > 1 else (None, None)
-    H1 = w_x.shape[0]
+    dev, dtype = s.device, layers[0][0].dtype
+    w1, b1 = layers[0]
+    w_s, w_x, w_t = w1[..., :obs], w1[..., obs : obs + d].contiguous(), w1[..., obs + d]
+    hidden, out_layer = layers[1:-1], (layers[-1] if len(layers) > 1 else None)
+    H1 = w1.shape[1]
     acc = torch.float64 if noise.dtype == torch.float64 else torch.float32
 
-    state_bias = torch.addmm(b1, s.to(dtype), w_s.t())  # [B, H1], once per rollout
-    x = ws.buffer("x", (M, d), acc, dev)
-    x.copy_(noise.reshape(M, d))
-    x_in = x if dtype == acc else ws.buffer("x_in", (M, d), dtype, dev)
-    bias = ws.buffer("bias", (B, H1), dtype, dev)
-    h1 = ws.buffer("h1", (M, H1), dtype, dev)
-    hid = [ws.buffer(f"h{j + 2}", (M, w.shape[0]), dtype, dev) for j, (w, _) in enumerate(hidden)]
-    v = ws.buffer("v", (M, d), dtype, dev)
+    state_bias = torch.baddbmm(b1[:, None, :], s.to(dtype), w_s.transpose(1, 2))  # [S, B, H1], once
+    x = ws.buffer("x", (S, M, d), acc, dev)
+    x.copy_(noise.reshape(S, M, d))
+    x_in = x if dtype == acc else ws.buffer("x_in", (S, M, d), dtype, dev)
+    bias = ws.buffer("bias", (S, B, H1), dtype, dev)
+    h1 = ws.buffer("h1", (S, M, H1), dtype, dev)
+    hid = [ws.buffer(f"h{j + 2}", (S, M, w.shape[1]), dtype, dev) for j, (w, _) in enumerate(hidden)]
+    v = ws.buffer("v", (S, M, d), dtype, dev)
+    onednn = use_onednn and S == 1  # oneDNN's fused linear is a 2-D op
     for i in range(steps):
         if x_in is not x:
             x_in.copy_(x)
-        torch.add(state_bias, w_t, alpha=i / steps, out=bias)
-        torch.mm(x_in, w_x.t(), out=h1)
-        if w_out is None:  # a one-layer "MLP": the first layer is the output
-            h1.view(B, K, H1).add_(bias[:, None, :])
+        torch.add(state_bias, w_t[:, None, :], alpha=i / steps, out=bias)
+        _matmul_out(x_in, w_x, h1)
+        if out_layer is None:  # a one-layer "MLP": the first layer is the output
+            h1.view(S * B, K, H1).add_(bias.view(S * B, 1, H1))
             x.add_(h1, alpha=1.0 / steps)
             continue
-        torch.ops.fidec.bias_gelu_(h1.view(B, K, H1), bias)
+        _bias_gelu_(h1.view(S * B, K, H1), bias.view(S * B, H1))
         a = h1
         for (w, b), buf in zip(hidden, hid):
-            if use_onednn:
-                a = torch.ops.mkldnn._linear_pointwise(a, w, b, "gelu", [], "tanh")
+            if onednn:
+                a = torch.ops.mkldnn._linear_pointwise(a[0], w[0], b[0], "gelu", [], "tanh")[None]
             else:
-                torch.mm(a, w.t(), out=buf)
-                torch.ops.fidec.bias_gelu_(buf.view(1, M, buf.shape[1]), b.view(1, -1))
+                _matmul_out(a, w, buf)
+                _bias_gelu_(buf, b)
                 a = buf
-        torch.addmm(b_out, a, w_out.t(), out=v)
+        w_out, b_out = out_layer
+        torch.baddbmm(b_out[:, None, :], a, w_out.transpose(1, 2), out=v)
         x.add_(v, alpha=1.0 / steps)
     return x.clamp(-1.0, 1.0).to(noise.dtype).reshape(shape)
 
 
-def _rollout_functional(params: Params, s, noise, steps: int, dtype: torch.dtype):
+def _rollout_functional(
+    layers: list[tuple[torch.Tensor, torch.Tensor]], s, noise, steps: int
+) -> torch.Tensor:
     """The fused rollout's computation without buffers or custom ops: what torch.compile traces."""
     shape = noise.shape
-    B, d = s.shape[0], shape[-1]
-    K = shape[1] if noise.dim() == 3 else 1
-    w_s, w_x, w_t = (w.to(dtype) for w in split_first_layer(params, s.shape[1], d))
-    b1 = params[0][1].to(dtype)
+    S, B, obs = s.shape
+    d = shape[-1]
+    K = shape[2] if noise.dim() == 4 else 1
+    dtype = layers[0][0].dtype
+    w1, b1 = layers[0]
+    w_s, w_x, w_t = w1[..., :obs], w1[..., obs : obs + d], w1[..., obs + d]
     acc = torch.float64 if noise.dtype == torch.float64 else torch.float32
-    state_bias = torch.addmm(b1, s.to(dtype), w_s.t())
-    x = noise.reshape(B * K, d).to(acc)
+    state_bias = torch.baddbmm(b1[:, None, :], s.to(dtype), w_s.transpose(1, 2))
+    x = noise.reshape(S, B * K, d).to(acc)
     for i in range(steps):
-        h = (x.to(dtype) @ w_x.t()).view(B, K, -1) + (state_bias + (i / steps) * w_t)[:, None, :]
-        if len(params) == 1:
-            x = x + h.reshape(B * K, d).to(acc) / steps
-            continue
-        a = torch.nn.functional.gelu(h, approximate="tanh").reshape(B * K, -1)
-        for j, (w, b) in enumerate(params[1:], start=1):
-            a = torch.nn.functional.linear(a, w.to(dtype), b.to(dtype))
-            if j < len(params) - 1:
-                a = torch.nn.functional.gelu(a, approximate="tanh")
+        bias = (state_bias + (i / steps) * w_t[:, None, :]).repeat_interleave(K, dim=1)
+        a = torch.baddbmm(bias, x.to(dtype), w_x.transpose(1, 2))
+        if len(layers) > 1:
+            a = torch.nn.functional.gelu(a, approximate="tanh")
+            for j, (w, b) in enumerate(layers[1:], start=1):
+                a = torch.baddbmm(b[:, None, :], a, w.transpose(1, 2))
+                if j < len(layers) - 1:
+                    a = torch.nn.functional.gelu(a, approximate="tanh")
         x = x + a.to(acc) / steps
     return x.clamp(-1.0, 1.0).to(noise.dtype).reshape(shape)
+
+
+@torch.no_grad()
+def stacked_euler_rollout(
+    weights: Sequence[torch.Tensor],
+    biases: Sequence[torch.Tensor],
+    s: torch.Tensor,
+    noise: torch.Tensor,
+    steps: int,
+    *,
+    rollout_dtype: str = "float32",
+    workspace: RolloutWorkspace | None = None,
+) -> torch.Tensor:
+    """Euler rollouts of S velocity MLPs at once, each on its own states and noise: the fused rollout of
+    :func:`euler_rollout` with every GEMM batched over a leading seed dimension (multi-seed training).
+
+    Args:
+        weights, biases: per layer, ``[S, out, in]`` and ``[S, out]`` (layer 1 takes concat [s, x, t]).
+        s: [S, B, obs_dim]. noise: [S, B, d] or [S, B, K, d]. steps: N >= 1.
+        rollout_dtype: as :func:`euler_rollout`. workspace: reused buffers (default: a module-level one).
+
+    Returns:
+        actions with ``noise``'s shape, clipped to [-1, 1].
+    """
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    if s.dim() != 3 or noise.dim() not in (3, 4) or noise.shape[:2] != s.shape[:2]:
+        raise ValueError(
+            f"s must be [S, B, obs_dim] and noise [S, B, d] or [S, B, K, d], got {tuple(s.shape)} and "
+            f"{tuple(noise.shape)}"
+        )
+    obs, d = s.shape[-1], noise.shape[-1]
+    if weights[0].shape[-1] != obs + d + 1:
+        raise ValueError(f"layer 1 takes {weights[0].shape[-1]} inputs, not obs_dim + d + 1 = {obs + d + 1}")
+    dtype = _compute_dtype(rollout_dtype, s.device, weights[0].dtype)
+    layers = [(w.to(dtype), b.to(dtype)) for w, b in zip(weights, biases)]
+    if torch.compiler.is_compiling():
+        return _rollout_functional(layers, s, noise, steps)
+    with _tf32(rollout_dtype == "tf32"):
+        return _rollout_fused(layers, s, noise, steps, workspace or _DEFAULT_WORKSPACE, use_onednn=False)
 
 
 def euler_rollout(
@@ -214,7 +279,8 @@ def euler_rollout(
     dtype = _compute_dtype(rollout_dtype, s.device, params[0][0].dtype)
     tf32 = rollout_dtype == "tf32"
     if torch.compiler.is_compiling() and name != "reference":
-        return _rollout_functional(params, s, noise, steps, dtype)
+        layers = [(w.to(dtype)[None], b.to(dtype)[None]) for w, b in params]
+        return _rollout_functional(layers, s[None], noise[None], steps)[0]
     if name == "reference":
         if dtype != params[0][0].dtype:
             raise ValueError(
@@ -236,8 +302,10 @@ def euler_rollout(
             "hidden_impl='onednn' needs CPU tensors in fp32/bf16 and torch's mkldnn._linear_pointwise"
         )
     use_onednn = (onednn_ok and dtype == torch.bfloat16) if hidden_impl == "auto" else hidden_impl == "onednn"
+    ws = workspace or _DEFAULT_WORKSPACE
+    layers = [(ws.cast(w, dtype)[None], ws.cast(b, dtype)[None]) for w, b in params]  # the S = 1 stack
     with _tf32(tf32):
-        return _rollout_fused(params, s, noise, steps, dtype, workspace or _DEFAULT_WORKSPACE, use_onednn)
+        return _rollout_fused(layers, s[None], noise[None], steps, ws, use_onednn)[0]
 
 
 @contextlib.contextmanager

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 
 import pytest
 import torch
 
-from fisher_decorator.agents import AGENTS, FiDecConfig, FiDecNoise, FlowNoise, make_agent
+from fisher_decorator.agents import AGENTS, DeFlowConfig, FiDecConfig, FiDecNoise, FlowNoise, make_agent
 from fisher_decorator.config import ConfigError
 from fisher_decorator.ops import available_backends
 
@@ -164,14 +165,41 @@ def test_fidec_backends_give_the_same_update():
         torch.testing.assert_close(params(fused)[k], v, rtol=1e-5, atol=1e-6, msg=k)
 
 
-def test_grad_clip_scales_the_global_norm():
-    agent = make("deflow", grad_clip=1e-3)
-    info = agent.update(batch())
-    assert float(info["grad/global_norm"]) > 1e-3
-    torch.testing.assert_close(info["grad/norm_clipped"], torch.tensor(1e-3), rtol=1e-4, atol=0)
-    agent = make("fql")  # FQL clips nothing
+@pytest.mark.parametrize("clip", [1e-3, 1e6])  # binding, and too large to bind
+def test_grad_clip_scales_the_gradient_adam_receives(clip):
+    """Adam's first step stores exp_avg = (1 - beta1) * g for the gradient g it was given: that must be the
+    raw gradient (autograd of the loss here, fp64) times min(1, clip / (||g_raw|| + 1e-6)), the norm in fp64."""
+    agent = make_agent("deflow", OBS, ACT, DeFlowConfig(**SMALL, grad_clip=clip), seed=0, dtype=torch.float64)
+    twin = make_agent("deflow", OBS, ACT, DeFlowConfig(**SMALL, grad_clip=clip), seed=0, dtype=torch.float64)
+    b = {k: v.double() for k, v in batch().items()}
+    noise = agent.sample_noise(B)
+    loss, _ = twin.total_loss(b, noise, with_metrics=True)
+    names = [n for n, p in twin.named_parameters() if p.requires_grad]
+    raw = torch.autograd.grad(loss, [twin.get_parameter(n) for n in names], allow_unused=True)
+    raw = [torch.zeros_like(twin.get_parameter(n)) if g is None else g for n, g in zip(names, raw)]
+    raw_norm = math.sqrt(sum(float(g.square().sum()) for g in raw))
+    scale = min(1.0, clip / (raw_norm + 1e-6))
+    assert (scale < 1e-2) == (clip == 1e-3)  # the small clip binds, the large one does not
+
+    info = agent.update(b, noise)
+    beta1 = agent.optimizer.param_groups[0]["betas"][0]
+    seen = [agent.optimizer.state[agent.get_parameter(n)]["exp_avg"] / (1 - beta1) for n in names]
+    # fp64 throughout: sums of <= ~1e4 products, relative error ~1e4 * 2^-53 ~ 1e-12 of the largest term
+    top = max(float(g.abs().max()) for g in raw) * scale
+    for n, g, s in zip(names, raw, seen):
+        torch.testing.assert_close(s, g * scale, rtol=1e-10, atol=1e-10 * top, msg=n)
+    seen_norm = math.sqrt(sum(float(s.square().sum()) for s in seen))
+    assert float(info["grad/global_norm"]) == pytest.approx(raw_norm, rel=1e-10)
+    assert float(info["grad/clip_scale"]) == pytest.approx(scale, rel=1e-10)
+    assert float(info["grad/norm_clipped"]) == pytest.approx(seen_norm, rel=1e-10)
+    assert seen_norm == pytest.approx(raw_norm * scale, rel=1e-10) and seen_norm <= clip * (1 + 1e-10)
+
+
+def test_fql_clips_nothing():
+    agent = make("fql")
     assert agent.config.grad_clip is None
-    assert "grad/clip_scale" not in agent.update(batch())
+    info = agent.update(batch())
+    assert "grad/clip_scale" not in info and "grad/norm_clipped" not in info
 
 
 @pytest.mark.parametrize("name", ["fidec", "deflow"])

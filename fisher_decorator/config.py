@@ -82,14 +82,20 @@ def parse_value(text: Any, tp) -> Any:
             raise ValueError(f"expected an integer, got {text!r}")
         if isinstance(text, int):
             return text
-        value = float(text) if isinstance(text, float) else float(str(text).replace("_", ""))
+        try:  # "1e6" and "1_000_000" are integers too
+            value = float(text) if isinstance(text, float) else float(str(text).replace("_", ""))
+        except ValueError:
+            raise ValueError(f"expected an integer, got {text!r}") from None
         if not value.is_integer():
             raise ValueError(f"expected an integer, got {text!r}")
         return int(value)
     if base is float:
         if isinstance(text, bool):
             raise ValueError(f"expected a number, got {text!r}")
-        return float(text)
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"expected a number, got {text!r}") from None
     if base is str:
         return str(text)
     if origin is tuple:
@@ -238,3 +244,12 @@ class TrainConfig:
         _positive(self, "eval_num_samples", "eval_refine_steps", "video_frame_skip")
         if not 0 <= self.action_clip_eps < 1:
             raise ConfigError(f"action_clip_eps must be in [0, 1), got {self.action_clip_eps}")
+        if self.device != "auto":
+            import torch
+
+            try:
+                torch.device(self.device)
+            except RuntimeError:
+                raise ConfigError(
+                    f"device {self.device!r}: not a torch device; use auto, cpu, cuda or cuda:N"
+                ) from None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import math
 import os
-import warnings
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +81,11 @@ class TensorBoardLogger:
         self.writer = None
         try:
             from torch.utils.tensorboard import SummaryWriter
-        except ImportError as exc:  # tensorboard is in the [logging] extra
-            warnings.warn(f"TensorBoard logging off ({exc}); pip install tensorboard", stacklevel=2)
+        except ImportError:  # tensorboard is in the [logging] extra: one line, not a warning's two
+            print(
+                "TensorBoard logging off: tensorboard is not installed (pip install 'fisher-decorator[logging]')",
+                file=sys.stderr,
+            )
             return
         self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
 

@@ -446,7 +446,7 @@ class MultiSeedTrainer:
                 path = seed_dir(self.root, seed) / CHECKPOINT
                 if path.is_file():
                     steps[seed] = int(
-                        torch.load(path, map_location="cpu", mmap=True, weights_only=False)["step"]
+                        torch.load(path, map_location="cpu", mmap=True, weights_only=True)["step"]
                     )
             if len(set(steps.values())) > 1:
                 raise ConfigError(

@@ -29,6 +29,17 @@ def _pyplot():
     return plt
 
 
+def run_train_config(run: str | Path) -> dict:
+    """The ``train`` block of a run's config.json; a damaged file is named in the error."""
+    path = Path(run) / "config.json"
+    try:
+        return json.loads(path.read_text())["train"]
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON, truncated or damaged ({exc})") from None
+    except (KeyError, TypeError):
+        raise ValueError(f"{path}: not a run's config.json (no 'train' entry)") from None
+
+
 def find_runs(paths) -> list[Path]:
     """Run directories among ``paths`` and below them (a run directory holds config.json)."""
     runs = []
@@ -56,7 +67,7 @@ def plot_learning_curves(paths, out: str | Path, *, metrics: list[str] | None = 
     runs = find_runs(paths)
     groups: dict[tuple[str, str], list[Path]] = defaultdict(list)
     for run in runs:
-        cfg = json.loads((run / "config.json").read_text())["train"]
+        cfg = run_train_config(run)
         groups[(cfg["task"], cfg["agent"])].append(run)
     if metrics is None:
         metrics = [*DEFAULT_EVAL_METRICS, *DEFAULT_TRAIN_METRICS]

@@ -29,7 +29,12 @@ import torch
 
 from fisher_decorator.agents import AGENTS, agent_class, derive_seed, make_agent
 from fisher_decorator.agents.base import AgentConfig
-from fisher_decorator.checkpoint import load_checkpoint, save_checkpoint, write_json
+from fisher_decorator.checkpoint import (
+    load_checkpoint,
+    remove_stale_temporaries,
+    save_checkpoint,
+    write_json,
+)
 from fisher_decorator.config import (
     ConfigError,
     TrainConfig,
@@ -71,6 +76,22 @@ RESUMABLE_CHANGES = (
     "tensorboard",
     "progress",
 )
+
+
+# What a run writes besides checkpoint.pt: cleared when a run died before its first checkpoint.
+RUN_OUTPUTS = ("config.json", "train.csv", "eval.csv", "summary.json", "tensorboard", "videos")
+
+
+def clear_partial_run(run_dir: str | Path) -> None:
+    """Remove the outputs of a run that has no checkpoint (they describe steps that will be redone)."""
+    import shutil
+
+    for name in RUN_OUTPUTS:
+        p = Path(run_dir) / name
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.exists():
+            p.unlink()
 
 
 def split_overrides(overrides: dict[str, Any], agent_cls) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -119,10 +140,46 @@ def resolve_configs(
     return train_cfg, agent_cfg, record
 
 
+def resume_configs(
+    run_dir: str | Path,
+    *,
+    task: str | None = None,
+    agent: str | None = None,
+    flags: dict[str, Any] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> tuple[TrainConfig, AgentConfig, dict[str, Any], dict[str, tuple[Any, Any]]]:
+    """The configs to continue the run in ``run_dir`` with: its own (config.json), changed only by what
+    the user passed explicitly (``flags`` that are not None, ``--set`` overrides; never the preset).
+
+    Returns (train config, agent config, record, changes {field: (old, new)}).
+    """
+    old_train, old_agent, data = load_run_config(run_dir)
+    for what, given, old in (("--task", task, old_train.task), ("--agent", agent, old_train.agent)):
+        if given is not None and given != old:
+            raise ConfigError(f"{what} {given}: the run in {run_dir} is {old!r}; a resumed run keeps it")
+    set_train, set_agent = split_overrides(dict(overrides or {}), agent_class(old_train.agent))
+    explicit = {k: v for k, v in (flags or {}).items() if v is not None}
+    train_cfg = apply_overrides(old_train, {**explicit, **set_train}, what="train config")
+    agent_cfg = apply_overrides(old_agent, set_agent, what=f"{old_train.agent} agent config")
+    if train_cfg.task != old_train.task or train_cfg.agent != old_train.agent:
+        raise ConfigError("set the task and the agent with --task / --agent, not --set")
+    validate(train_cfg)
+    validate(agent_cfg)
+    changes = {}
+    for old, new in ((old_train, train_cfg), (old_agent, agent_cfg)):
+        a, b = to_dict(old), to_dict(new)
+        changes.update({k: (a[k], b[k]) for k in a if a[k] != b[k]})
+    record = {k: data[k] for k in ("train_preset", "agent_preset", "overrides", "command") if k in data}
+    return train_cfg, agent_cfg, record, changes
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device {name!r}: not a torch device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} requested but no CUDA device is available")
     return device
@@ -133,10 +190,17 @@ def load_run_config(run_dir: str | Path) -> tuple[TrainConfig, AgentConfig, dict
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory: no {CONFIG}")
-    data = json.loads(path.read_text())
-    cls = agent_class(data["train"]["agent"])
-    train_cfg = apply_overrides(TrainConfig(), data["train"], what="train config")
-    agent_cfg = apply_overrides(cls.config_class(), data["agent"], what="agent config")
+    try:
+        data = json.loads(path.read_text())
+        cls = agent_class(data["train"]["agent"])
+        train_cfg = apply_overrides(TrainConfig(), data["train"], what="train config")
+        agent_cfg = apply_overrides(cls.config_class(), data["agent"], what="agent config")
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON, truncated or damaged ({exc})") from None
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"{path}: not a run's config.json (no {exc} entry)") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     return train_cfg, agent_cfg, data
 
 
@@ -191,6 +255,17 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def _check_run_dir(self) -> None:
         ckpt = self.run_dir / CHECKPOINT
+        for p in remove_stale_temporaries(self.run_dir):
+            print(f"removed {p}, left by a process killed while writing", file=sys.stderr)
+        if not ckpt.exists() and (self.run_dir / CONFIG).exists():
+            # Killed (or out of disk) before its first checkpoint: nothing to resume, nothing to keep.
+            print(
+                f"{self.run_dir}: stopped before its first checkpoint; starting it again from step 0",
+                file=sys.stderr,
+            )
+            clear_partial_run(self.run_dir)
+            self.resume = False
+            return
         if self.resume:
             if not ckpt.is_file():
                 raise FileNotFoundError(f"cannot resume: no {CHECKPOINT} in {self.run_dir}")
@@ -214,11 +289,6 @@ class Trainer:
         elif ckpt.exists():
             raise FileExistsError(
                 f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --out"
-            )
-        elif (self.run_dir / CONFIG).exists():
-            raise FileExistsError(
-                f"{self.run_dir} holds a run that stopped before its first checkpoint (nothing to resume); "
-                "delete the directory or choose another --out"
             )
 
     def _setup(self, shared: Trainer | None = None) -> None:

@@ -7,38 +7,32 @@ fidec plot runs/a runs/b --out curves.png --metrics evaluation/success,actor/alp
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 from pathlib import Path
 
 
 def _run(args: argparse.Namespace) -> int:
-    from fisher_decorator.plotting import find_runs, plot_learning_curves, plot_toy_bandit
+    from fisher_decorator.plotting import find_runs, plot_learning_curves, plot_toy_bandit, run_train_config
 
-    try:
-        runs = find_runs(args.paths)
-        if args.out:
-            out = Path(args.out)
-        else:  # the folder the given paths share: `fidec plot runs/*` -> runs/curves.png
-            common = Path(os.path.commonpath([os.path.abspath(p) for p in args.paths]))
-            out = (common if common.is_dir() else common.parent) / "curves.png"
-        metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
-        print(f"learning curves of {len(runs)} run(s): {plot_learning_curves(runs, out, metrics=metrics)}")
-        toy = {}
-        for run in runs:
-            cfg = json.loads((run / "config.json").read_text())["train"]
-            if (
-                cfg["task"] == "toy-bandit"
-                and cfg["agent"] in ("fidec", "deflow")
-                and (run / "checkpoint.pt").is_file()
-            ):
-                toy.setdefault(cfg["agent"], run)
-        if toy and not args.no_toy:
-            print(f"toy-bandit figure: {plot_toy_bandit(toy, out.with_name('toy_bandit.png'))}")
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"fidec plot: error: {exc}", file=sys.stderr)
-        return 2
+    runs = find_runs(args.paths)
+    if args.out:
+        out = Path(args.out)
+    else:  # the folder the given paths share: `fidec plot runs/*` -> runs/curves.png
+        common = Path(os.path.commonpath([os.path.abspath(p) for p in args.paths]))
+        out = (common if common.is_dir() else common.parent) / "curves.png"
+    metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
+    print(f"learning curves of {len(runs)} run(s): {plot_learning_curves(runs, out, metrics=metrics)}")
+    toy = {}
+    for run in runs:
+        cfg = run_train_config(run)
+        if (
+            cfg["task"] == "toy-bandit"
+            and cfg["agent"] in ("fidec", "deflow")
+            and (run / "checkpoint.pt").is_file()
+        ):
+            toy.setdefault(cfg["agent"], run)
+    if toy and not args.no_toy:
+        print(f"toy-bandit figure: {plot_toy_bandit(toy, out.with_name('toy_bandit.png'))}")
     return 0
 
 

@@ -81,6 +81,35 @@ def multiseed_roots_for(args, agents: list[str]) -> dict[str, Path]:
     return {a: Path("runs") / args.task / a for a in agents}
 
 
+def _resumed_run(args, agent: str, agents: list[str], seeds: list[int] | None) -> Path | None:
+    """With --resume: the run directory whose config.json the run continues with (None: none yet)."""
+    if not args.resume:
+        return None
+    from fisher_decorator.multiseed import seed_dir
+    from fisher_decorator.trainer import CONFIG
+
+    root = Path(args.out) if len(agents) == 1 else Path(args.out) / agent
+    run = seed_dir(root, seeds[0]) if seeds is not None else root
+    return run if (run / CONFIG).is_file() else None
+
+
+def _have_matplotlib() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def _preset_notice(task: str) -> None:
+    from fisher_decorator.presets import has_paper_preset
+
+    if not has_paper_preset(task):
+        print(
+            f"note: no paper preset for {task}; using FQL's defaults (the OGBench settings without a "
+            "per-task entry)",
+            file=sys.stderr,
+        )
+
+
 def command_line(args: argparse.Namespace, agent: str) -> str:
     """The ``fidec train`` command that reproduces this run (recorded in config.json)."""
     parts = ["fidec", "train", "--agent", agent, "--task", args.task]
@@ -115,93 +144,99 @@ def _run(args: argparse.Namespace) -> int:
         read_multiseed,
         seed_dir,
     )
-    from fisher_decorator.trainer import Trainer, load_run_config, resolve_configs
+    from fisher_decorator.trainer import CONFIG, Trainer, load_run_config, resolve_configs, resume_configs
 
     if args.list_tasks:
         from fisher_decorator.presets import list_tasks
 
         print("\n".join(list_tasks()))
         return 0
-    try:
-        if args.resume and args.out is None:
-            raise ConfigError("--resume needs --out (the run directory to continue)")
-        seeds = None
-        if args.seeds is not None:
-            if args.seed is not None:
-                raise ConfigError("give either --seed (one run) or --seeds (several, stacked), not both")
-            seeds = parse_seeds(args.seeds)
-        if args.resume and is_multiseed_root(args.out):
-            old = read_multiseed(args.out)
-            args.task, args.agent = args.task or old["task"], args.agent or old["agent"]
-            seeds = seeds if seeds is not None else list(old["seeds"])
-        elif args.resume and args.task is None and args.agent is None:
-            old, _, _ = load_run_config(args.out)
-            args.task, args.agent = old.task, old.agent
-        args.task = args.task or "toy-bandit"
-        agents = _agents(args.agent, args.task)
-        if args.list_fields:
-            _print_fields(agents)
-            return 0
-        flags = {
-            "seed": args.seed,
-            "steps": args.steps,
-            "dataset_dir": args.dataset_dir,
-            "device": args.device,
-            "eval_episodes": args.eval_episodes,
-            "eval_interval": args.eval_interval,
-            "log_interval": args.log_interval,
-            "save_interval": args.save_interval,
-            "threads": args.threads,
-            "progress": False if args.no_progress else None,
-        }
-        overrides = parse_sets(args.set)
-        if seeds is not None and any(k.rpartition(".")[2] == "seed" for k in overrides):
-            raise ConfigError("with --seeds the seeds come from --seeds, not --set seed=...")
-        resolved = {
-            a: resolve_configs(args.task, a, flags=flags, overrides=overrides_for(a, agents, overrides))
-            for a in agents
-        }
-        seed = next(iter(resolved.values()))[0].seed
-        dirs = run_dirs_for(args, agents, seed)
-        if args.print_config:
-            print(
-                json.dumps(
-                    {a: {"train": to_dict(t), "agent": to_dict(c)} for a, (t, c, _) in resolved.items()},
-                    indent=2,
-                )
+    if args.resume and args.out is None:
+        raise ConfigError("--resume needs --out (the run directory to continue)")
+    seeds = None
+    if args.seeds is not None:
+        if args.seed is not None:
+            raise ConfigError("give either --seed (one run) or --seeds (several, stacked), not both")
+        seeds = parse_seeds(args.seeds)
+    if args.resume and is_multiseed_root(args.out):
+        old = read_multiseed(args.out)
+        args.task, args.agent = args.task or old["task"], args.agent or old["agent"]
+        seeds = seeds if seeds is not None else list(old["seeds"])
+    elif args.resume and (Path(args.out) / CONFIG).is_file():
+        old, _, _ = load_run_config(args.out)
+        args.task, args.agent = args.task or old.task, args.agent or old.agent
+    args.task = args.task or "toy-bandit"
+    agents = _agents(args.agent, args.task)
+    if args.list_fields:
+        _print_fields(agents)
+        return 0
+    flags = {
+        "seed": args.seed,
+        "steps": args.steps,
+        "dataset_dir": args.dataset_dir,
+        "device": args.device,
+        "eval_episodes": args.eval_episodes,
+        "eval_interval": args.eval_interval,
+        "log_interval": args.log_interval,
+        "save_interval": args.save_interval,
+        "threads": args.threads,
+        "progress": False if args.no_progress else None,
+    }
+    overrides = parse_sets(args.set)
+    if seeds is not None and any(k.rpartition(".")[2] == "seed" for k in overrides):
+        raise ConfigError("with --seeds the seeds come from --seeds, not --set seed=...")
+    resolved = {}
+    for a in agents:
+        previous = _resumed_run(args, a, agents, seeds)
+        if previous is None:
+            _preset_notice(args.task)
+            resolved[a] = resolve_configs(
+                args.task, a, flags=flags, overrides=overrides_for(a, agents, overrides)
             )
-            return 0
-        summaries, multi = {}, {}
-        if seeds is None:
-            for agent, (train_cfg, agent_cfg, record) in resolved.items():
-                record["command"] = command_line(args, agent)
-                trainer = Trainer(train_cfg, agent_cfg, dirs[agent], resume=args.resume, record=record)
-                summaries[agent] = trainer.run()
-        else:
-            roots = multiseed_roots_for(args, agents)
-            trainers = {  # all built (their directories checked) before the first one trains
-                agent: MultiSeedTrainer(
-                    train_cfg,
-                    agent_cfg,
-                    seeds,
-                    roots[agent],
-                    resume=args.resume,
-                    record={**record, "command": command_line(args, agent)},
-                )
-                for agent, (train_cfg, agent_cfg, record) in resolved.items()
-            }
-            dirs = {a: seed_dir(roots[a], seeds[0]) for a in agents}
-            for agent, trainer in trainers.items():
-                multi[agent] = trainer.run()
-                summaries.update({f"{agent} seed {s['seed']}": s for s in multi[agent]["summaries"]})
-    except (ConfigError, FileExistsError, FileNotFoundError, ValueError, KeyError) as exc:
-        print(f"fidec train: error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:
-        if type(exc).__name__ == "DatasetNotFoundError":
-            print(f"fidec train: error: {exc}", file=sys.stderr)
-            return 2
-        raise
+            continue
+        # A resumed run keeps its own config; only what was passed explicitly changes.
+        train_cfg, agent_cfg, record, changes = resume_configs(
+            previous, task=args.task, agent=a, flags=flags, overrides=overrides_for(a, agents, overrides)
+        )
+        changed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items())
+        print(
+            f"resuming {previous} with its config.json" + (f"; changed: {changed}" if changed else ""),
+            file=sys.stderr,
+        )
+        resolved[a] = (train_cfg, agent_cfg, record)
+    seed = next(iter(resolved.values()))[0].seed
+    dirs = run_dirs_for(args, agents, seed)
+    if args.print_config:
+        print(
+            json.dumps(
+                {a: {"train": to_dict(t), "agent": to_dict(c)} for a, (t, c, _) in resolved.items()},
+                indent=2,
+            )
+        )
+        return 0
+    summaries, multi = {}, {}
+    if seeds is None:
+        for agent, (train_cfg, agent_cfg, record) in resolved.items():
+            record["command"] = command_line(args, agent)
+            trainer = Trainer(train_cfg, agent_cfg, dirs[agent], resume=args.resume, record=record)
+            summaries[agent] = trainer.run()
+    else:
+        roots = multiseed_roots_for(args, agents)
+        trainers = {  # all built (their directories checked) before the first one trains
+            agent: MultiSeedTrainer(
+                train_cfg,
+                agent_cfg,
+                seeds,
+                roots[agent],
+                resume=args.resume,
+                record={**record, "command": command_line(args, agent)},
+            )
+            for agent, (train_cfg, agent_cfg, record) in resolved.items()
+        }
+        dirs = {a: seed_dir(roots[a], seeds[0]) for a in agents}
+        for agent, trainer in trainers.items():
+            multi[agent] = trainer.run()
+            summaries.update({f"{agent} seed {s['seed']}": s for s in multi[agent]["summaries"]})
     for agent, s in summaries.items():
         score = "n/a" if s["score"] is None else f"{s['score']:.4f}"
         steps = ",".join(map(str, s["score_steps"])) or "-"
@@ -221,7 +256,12 @@ def _run(args: argparse.Namespace) -> int:
         )
     if args.task == "toy-bandit" and not args.no_plot:
         residual = {a: d for a, d in dirs.items() if a in ("fidec", "deflow")}
-        if residual:
+        if residual and not _have_matplotlib():
+            print(
+                "toy-bandit figure skipped: matplotlib is not installed (pip install 'fisher-decorator[logging]')",
+                file=sys.stderr,
+            )
+        elif residual:
             from fisher_decorator.plotting import plot_toy_bandit
 
             parent = Path(args.out) if args.out is not None else next(iter(dirs.values())).parent

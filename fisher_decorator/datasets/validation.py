@@ -142,15 +142,30 @@ def ogbench_required_keys(recipe: Recipe | None) -> tuple[str, ...]:
 def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read every array of an ``.npz`` into memory; a truncated or corrupt file raises :class:`DatasetError`."""
     path = pathlib.Path(path)
+    key = None
     try:
-        with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
-    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError, KeyError) as exc:
-        size = path.stat().st_size if path.exists() else 0
+        with np.load(path, allow_pickle=False) as f:  # never unpickle: a pickle can run code
+            out = {}
+            for key in f.files:
+                out[key] = f[key]
+            return out
+    except ValueError as exc:
+        if "Object arrays cannot be loaded" not in str(exc):
+            raise _unreadable(path, exc) from exc
         raise DatasetError(
-            f"{path}: cannot be read as an .npz ({type(exc).__name__}: {exc}); the file ({size} bytes) is truncated "
-            "or corrupt. Delete it and regenerate or re-download it."
-        ) from exc
+            f"{path}: array '{key}' is an object array (Python objects, loadable only by unpickling, which "
+            "can run code); dataset arrays must be numbers or booleans. Not loaded."
+        ) from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError) as exc:
+        raise _unreadable(path, exc) from exc
+
+
+def _unreadable(path: pathlib.Path, exc: BaseException) -> DatasetError:
+    size = path.stat().st_size if path.exists() else 0
+    return DatasetError(
+        f"{path}: cannot be read as an .npz ({type(exc).__name__}: {exc}); the file ({size} bytes) is truncated "
+        "or corrupt. Delete it and regenerate or re-download it."
+    )
 
 
 def validate_ogbench_arrays(

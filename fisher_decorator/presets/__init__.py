@@ -3,6 +3,10 @@
 ``parse_task("cube-single-play-singletask-task2-v0")`` -> ``TaskName(kind="ogbench", family=
 "cube-single-play", dataset="cube-single-play-v0", ...)``; ``task_preset(task, agent)`` -> the
 train and agent overrides to apply before the command line's.
+
+Any OGBench single task trains (pointmaze, cube-triple, ...: every dataset of
+``fisher_decorator.datasets.registry``); a family without a paper entry gets the OGBench block's
+settings without a per-family entry, i.e. FQL's defaults (``has_paper_preset`` tells which).
 """
 
 from __future__ import annotations
@@ -39,7 +43,9 @@ def ogbench_tasks(family: str | None = None) -> list[str]:
 
 
 def list_tasks() -> list[str]:
-    return [*TOY_TASKS, *ogbench_tasks()]
+    """toy-bandit, the paper's tasks, then every other OGBench single task (FQL's defaults)."""
+    others = [f for f in all_ogbench_families() if f not in ogbench_families()]
+    return [*TOY_TASKS, *ogbench_tasks(), *(t for f in others for t in ogbench_tasks(f))]
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,21 @@ class TaskName:
 _OGBENCH_RE = re.compile(r"^(?P<family>.+)-singletask(?:-task(?P<id>\d+))?-(?P<version>v\d+)$")
 
 
+def all_ogbench_families() -> list[str]:
+    """Every OGBench dataset family (``<family>-v0`` is a dataset): the paper's first, then the rest."""
+    from fisher_decorator.datasets.registry import OGBENCH_RECIPES
+
+    paper = ogbench_families()
+    rest = sorted(d[: -len("-v0")] for d in OGBENCH_RECIPES if d.endswith("-v0"))
+    return paper + [f for f in rest if f not in paper]
+
+
+def has_paper_preset(task: str) -> bool:
+    """Whether ``task`` has the paper's settings (toy-bandit and the paper's families) or FQL's defaults."""
+    info = parse_task(task)
+    return info.kind == "toy" or info.family in ogbench_families()
+
+
 def parse_task(task: str) -> TaskName:
     """The task's kind, family and dataset; an unknown name lists the valid ones."""
     if task in TOY_TASKS:
@@ -61,14 +82,16 @@ def parse_task(task: str) -> TaskName:
     m = _OGBENCH_RE.match(task)
     families = ogbench_families()
     n = load_presets()["ogbench"]["tasks_per_family"]
-    if m and m.group("family") in families and m.group("version") == "v0":
+    if m and m.group("family") in all_ogbench_families() and m.group("version") == "v0":
         tid = int(m.group("id")) if m.group("id") else None
         if tid is None or 1 <= tid <= n:
             return TaskName(task, "ogbench", m.group("family"), f"{m.group('family')}-v0", tid)
     raise ValueError(
         f"unknown task {task!r}. Valid tasks: {', '.join(TOY_TASKS)}, or an OGBench single task "
-        f"<family>-singletask[-task1..{n}]-v0 with <family> one of: {', '.join(families)} "
-        f"(e.g. cube-single-play-singletask-task2-v0; `fidec train --list-tasks` lists all)"
+        f"<family>-singletask[-task1..{n}]-v0 with <family> one of the paper's: {', '.join(families)} "
+        f"(e.g. cube-single-play-singletask-task2-v0), or any other OGBench dataset family "
+        f"({', '.join(all_ogbench_families()[len(families) :])}; FQL's defaults, no paper preset); "
+        "`fidec train --list-tasks` lists all"
     )
 
 
@@ -80,7 +103,7 @@ def task_preset(task: str, agent: str) -> tuple[dict[str, Any], dict[str, Any]]:
     train = dict(bench.get("train", {}))
     agents = bench.get("agents", {})
     agent_over = {**agents.get("all", {}), **agents.get(agent, {})}
-    if info.kind == "ogbench":
+    if info.kind == "ogbench" and info.family in bench["families"]:
         fam = bench["families"][info.family]
         agent_over.update(fam.get("all", {}))
         agent_over.update(fam.get(agent, {}))

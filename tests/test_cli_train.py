@@ -10,13 +10,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
+from fisher_decorator.agents import derive_seed
 from fisher_decorator.cli import main
+from fisher_decorator.envs.toy_bandit import make_dataset
 from fisher_decorator.logger import read_csv
 from fisher_decorator.ops import available_backends
+from fisher_decorator.plotting import DEFAULT_EVAL_METRICS, DEFAULT_TRAIN_METRICS
 from fisher_decorator.presets import load_presets, ogbench_families, parse_task, task_preset
-from fisher_decorator.trainer import resolve_configs
+from fisher_decorator.trainer import load_agent, resolve_configs
+from tests.plot_helpers import legend_labels, saved_figures, scatters, shaded_bands, visible_axes
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--set", "actor_hidden_dims=16,16", "--set", "value_hidden_dims=16,16", "--set", "flow_steps=3"]
@@ -89,12 +95,65 @@ def test_several_agents_go_to_subdirectories_and_the_toy_figure(tmp_path):
         "--eval-episodes",
         "16",
     ]
-    code = main(
-        [*args, "--out", str(out), *[a for a in TINY if a != "--no-plot"], "--set", "num_fisher_samples=2"]
-    )
+    with saved_figures() as figures:
+        code = main(
+            [
+                *args,
+                "--out",
+                str(out),
+                *[a for a in TINY if a != "--no-plot"],
+                "--set",
+                "num_fisher_samples=2",
+            ]
+        )
     assert code == 0
     assert (out / "fidec" / "checkpoint.pt").is_file() and (out / "deflow" / "checkpoint.pt").is_file()
-    assert (out / "toy_bandit.png").stat().st_size > 10_000
+    assert (out / "toy_bandit.png").is_file()
+    check_toy_figure(figures["toy_bandit.png"], {"fidec": out / "fidec", "deflow": out / "deflow"}, step=3)
+
+
+def toy_success(actions):
+    """success / in_support / return of toy-bandit actions, written out from the task's definition:
+    inside = Mahalanobis distance to N([-0.2, 0], diag(0.3, 0.05)^2) <= 3, reward 1 + a_0 + a_1,
+    success = inside and reward above the behaviour mean's (0.8)."""
+    a = np.asarray(actions, dtype=np.float64)
+    inside = np.sqrt((((a - [-0.2, 0.0]) / [0.3, 0.05]) ** 2).sum(-1)) <= 3.0
+    reward = 1.0 + a.sum(-1)
+    return float((inside & (reward > 0.8)).mean()), float(inside.mean()), float(reward.mean())
+
+
+def check_toy_figure(fig, runs: dict, *, step: int, n: int = 1000):
+    """One panel per agent: the behaviour data, the agent's flow samples a_b = euler(s, z) and refined actions
+    clip(a_b + r(s, a_b)) for z ~ N(0, I) drawn with seed 0 (recomputed here from the checkpoint), the support."""
+    axes = visible_axes(fig)
+    assert len(axes) == len(runs)
+    data = make_dataset(n, seed=12345)["actions"]
+    for ax, (name, run) in zip(axes, runs.items()):
+        agent = load_agent(run)[0]
+        z = torch.randn(n, 2, generator=torch.Generator().manual_seed(0))
+        obs = torch.ones(n, 1)
+        with torch.no_grad():
+            base = agent.flow_actions(obs, z)
+            refined = (base + agent.residual(obs, base)).clamp(-1, 1)
+        pts = [c.get_offsets() for c in scatters(ax)]
+        assert len(pts) == 3
+        np.testing.assert_array_equal(pts[0], data)
+        np.testing.assert_array_equal(pts[1], base.numpy())
+        np.testing.assert_array_equal(pts[2], refined.numpy())
+        _, in_support, ret = toy_success(refined.numpy())
+        title = ax.get_title()
+        assert title.startswith(f"{name}, step {step}\n"), title
+        assert f"inside the data: {in_support:.0%}, mean reward {ret:.3f}" in title, title
+        assert legend_labels(ax) == [
+            "behaviour data",
+            "flow samples a_b",
+            f"{name}: a_b + r",
+            "data support (3 std)",
+        ]
+        (ellipse,) = ax.patches
+        assert tuple(ellipse.center) == (-0.2, 0.0)
+        assert (ellipse.width, ellipse.height) == pytest.approx((1.8, 0.3), rel=1e-12)
+        assert (ax.get_xlabel(), ax.get_ylabel()) == ("a_0 (wide axis)", "a_1 (narrow axis)")
 
 
 def test_console_script_and_module_entry_points():
@@ -120,13 +179,36 @@ def test_eval_and_plot_commands(tmp_path, capsys):
     )
     result = json.loads(capsys.readouterr().out)
     assert result["sampling"] == "iterative" and result["checkpoint_step"] == 4
-    assert 0 <= result["evaluation/success"] <= 1 and (out / "eval_step4_iterative.json").is_file()
+    assert json.loads((out / "eval_step4_iterative.json").read_text()) == result
+    # the numbers: the checkpoint's agent, its iterative sampling with the evaluation's seed for step 4,
+    # scored here from the task's definition
+    agent = load_agent(out)[0]
+    g = torch.Generator().manual_seed(derive_seed(0, "eval-actions/4"))
+    actions = agent.sample_actions(torch.ones(32, 1), generator=g, mode="iterative", num_refine_steps=2)
+    success, in_support, ret = toy_success(actions.numpy())
+    assert (result["evaluation/success"], result["evaluation/in_support"]) == (success, in_support)
+    assert result["evaluation/episode.return"] == pytest.approx(ret, rel=1e-12)
     code, out2 = train(
         tmp_path, "--agent", "fidec", "--set", "num_fisher_samples=2", "--seed", "1", name="run2"
     )
-    assert main(["plot", str(tmp_path), "--out", str(tmp_path / "curves.png")]) == 0
-    assert (tmp_path / "curves.png").stat().st_size > 10_000
-    assert (tmp_path / "toy_bandit.png").is_file()
+    with saved_figures() as figures:
+        assert main(["plot", str(tmp_path), "--out", str(tmp_path / "curves.png")]) == 0
+    assert (tmp_path / "curves.png").is_file() and (tmp_path / "toy_bandit.png").is_file()
+    # one panel per default metric, one line per (task, agent): the mean over the two seeds' logs, shaded range
+    metrics = [*DEFAULT_EVAL_METRICS, *DEFAULT_TRAIN_METRICS]
+    axes = visible_axes(figures["curves.png"])
+    assert [ax.get_title() for ax in axes] == metrics and {ax.get_xlabel() for ax in axes} == {"step"}
+    assert legend_labels(axes[0]) == ["fidec (2 seeds)"]
+    logs = [read_csv(run / "eval.csv") + read_csv(run / "train.csv") for run in (out, out2)]
+    for ax, metric in zip(axes, metrics):
+        (line,) = ax.get_lines()
+        assert line.get_label() == "fidec (2 seeds)"
+        values = [[r[metric] for r in rows if metric in r] for rows in logs]
+        assert list(line.get_xdata()) == [2, 4]
+        np.testing.assert_array_equal(line.get_ydata(), np.mean(values, axis=0))
+        (band,) = shaded_bands(ax)
+    # the toy figure of the fidec runs (the first found, seed 0)
+    check_toy_figure(figures["toy_bandit.png"], {"fidec": out}, step=4)
 
 
 # ------------------------------------------------------------------------------ presets

@@ -426,7 +426,17 @@ def _to_arrays(rows: dict[str, list]) -> dict[str, np.ndarray]:
 _WORKER: dict = {}
 
 
-def _init_worker(progress_queue) -> None:
+def _init_worker(progress_queue, parent_pid: int | None = None) -> None:
+    # A worker dies with the process that started it (SIGKILL of `fidec data generate` must not leave workers
+    # finishing shards, nor, through them, the resource tracker): PR_SET_PDEATHSIG, and a check for a parent
+    # that was already gone before the call.
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(1)
     # MuJoCo's optional GLFW import warns about a missing display in every worker; we never render.
     warnings.filterwarnings("ignore", module="glfw")
     _WORKER["queue"] = progress_queue
@@ -627,7 +637,7 @@ def _run_pool(plan, pending, shard_dir, workers, bar) -> dict[int, dict]:
     progress_queue = ctx.Queue()
     out: dict[int, dict] = {}
     pool = cf.ProcessPoolExecutor(
-        max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(progress_queue,)
+        max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(progress_queue, os.getpid())
     )
     try:
         futures = {pool.submit(run_shard, plan, shard, shard_dir): shard for shard in pending}

@@ -11,6 +11,7 @@ import torch
 from fisher_decorator.agents import AGENTS, FiDecConfig, make_agent
 from fisher_decorator.ops import available_backends, fisher_quadratic_jacobian
 from fisher_decorator.sampler import BatchPrefetcher, TransitionSampler
+from tests.precision import U_BF16, assert_rounded_at, unclamped
 from tests.test_agents_update import ACT, OBS, SMALL, B, batch, make, params
 
 needs_ext = pytest.mark.skipif("cpu" not in available_backends(), reason="compiled extension not built")
@@ -43,8 +44,12 @@ def test_fused_paths_give_the_plain_update(name):
 @needs_ext
 @pytest.mark.parametrize("name", list(AGENTS))
 def test_bf16_rollouts_stay_close(name):
-    """bf16 rollout GEMMs change the sampled actions by bf16 rounding; losses move by about as much."""
+    """bf16 rollout GEMMs change the sampled actions by bf16 rounding (and not less: the agent's
+    rollouts really ran in bf16); losses move by about as much."""
     ref, bf16 = make(name), make(name, rollout_dtype="bfloat16")
+    obs, noise = batch(9)["observations"], torch.randn(B, 8, ACT, generator=torch.Generator().manual_seed(9))
+    full = ref.flow_actions(obs, noise)
+    assert_rounded_at(bf16.flow_actions(obs, noise), full, U_BF16, where=unclamped(full), name="actions")
     for ir, ib in zip(run_updates(ref, 2), run_updates(bf16, 2)):
         for k in ("critic/critic_loss", "actor/bc_flow_loss"):
             torch.testing.assert_close(ib[k], ir[k], rtol=5e-2, atol=5e-3, msg=k)

@@ -23,6 +23,7 @@ from fisher_decorator.plotting import DEFAULT_EVAL_METRICS, DEFAULT_TRAIN_METRIC
 from fisher_decorator.presets import load_presets, ogbench_families, parse_task, task_preset
 from fisher_decorator.trainer import load_agent, resolve_configs
 from tests.plot_helpers import legend_labels, saved_figures, scatters, shaded_bands, visible_axes
+from tests.toy_helpers import toy_scores
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--set", "actor_hidden_dims=16,16", "--set", "value_hidden_dims=16,16", "--set", "flow_steps=3"]
@@ -112,16 +113,6 @@ def test_several_agents_go_to_subdirectories_and_the_toy_figure(tmp_path):
     check_toy_figure(figures["toy_bandit.png"], {"fidec": out / "fidec", "deflow": out / "deflow"}, step=3)
 
 
-def toy_success(actions):
-    """success / in_support / return of toy-bandit actions, written out from the task's definition:
-    inside = Mahalanobis distance to N([-0.2, 0], diag(0.3, 0.05)^2) <= 3, reward 1 + a_0 + a_1,
-    success = inside and reward above the behaviour mean's (0.8)."""
-    a = np.asarray(actions, dtype=np.float64)
-    inside = np.sqrt((((a - [-0.2, 0.0]) / [0.3, 0.05]) ** 2).sum(-1)) <= 3.0
-    reward = 1.0 + a.sum(-1)
-    return float((inside & (reward > 0.8)).mean()), float(inside.mean()), float(reward.mean())
-
-
 def check_toy_figure(fig, runs: dict, *, step: int, n: int = 1000):
     """One panel per agent: the behaviour data, the agent's flow samples a_b = euler(s, z) and refined actions
     clip(a_b + r(s, a_b)) for z ~ N(0, I) drawn with seed 0 (recomputed here from the checkpoint), the support."""
@@ -140,7 +131,7 @@ def check_toy_figure(fig, runs: dict, *, step: int, n: int = 1000):
         np.testing.assert_array_equal(pts[0], data)
         np.testing.assert_array_equal(pts[1], base.numpy())
         np.testing.assert_array_equal(pts[2], refined.numpy())
-        _, in_support, ret = toy_success(refined.numpy())
+        _, in_support, ret = toy_scores(refined.numpy())
         title = ax.get_title()
         assert title.startswith(f"{name}, step {step}\n"), title
         assert f"inside the data: {in_support:.0%}, mean reward {ret:.3f}" in title, title
@@ -185,7 +176,7 @@ def test_eval_and_plot_commands(tmp_path, capsys):
     agent = load_agent(out)[0]
     g = torch.Generator().manual_seed(derive_seed(0, "eval-actions/4"))
     actions = agent.sample_actions(torch.ones(32, 1), generator=g, mode="iterative", num_refine_steps=2)
-    success, in_support, ret = toy_success(actions.numpy())
+    success, in_support, ret = toy_scores(actions.numpy())
     assert (result["evaluation/success"], result["evaluation/in_support"]) == (success, in_support)
     assert result["evaluation/episode.return"] == pytest.approx(ret, rel=1e-12)
     code, out2 = train(

@@ -2,19 +2,47 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
+import torch
 
+from fisher_decorator.agents import derive_seed, make_agent
 from fisher_decorator.evaluation import final_score
 from fisher_decorator.logger import CSVLogger, read_csv
 from fisher_decorator.presets import load_presets
-from tests.train_helpers import run_tiny
+from fisher_decorator.trainer import Trainer
+from tests.toy_helpers import toy_scores
+from tests.train_helpers import run_tiny, tiny_configs
+
+
+class RecordingTrainer(Trainer):
+    """Keeps, for every update, the agent state before it, its batch and the agent state after the step."""
+
+    def start(self, **kw):
+        super().start(**kw)
+        self.before, self.batches_seen, self.after = {}, {}, {}
+        update = self.agent.update
+
+        def recorded(batch, *args, **kwargs):
+            step = self.agent.num_updates + 1
+            self.before[step] = copy.deepcopy(self.agent.checkpoint_state())
+            self.batches_seen[step] = {k: v.clone() for k, v in batch.items()}
+            return update(batch, *args, **kwargs)
+
+        self.agent.update = recorded
+
+    def end_step(self, step, row, dt):
+        self.after[step] = copy.deepcopy(self.agent.checkpoint_state())
+        super().end_step(step, row, dt)
 
 
 def test_run_directory_contents(tmp_path):
-    trainer, summary = run_tiny(tmp_path / "run", "fidec", steps=20, log_interval=5, eval_interval=10)
     run = tmp_path / "run"
+    train_cfg, agent_cfg, record = tiny_configs("fidec", steps=20, log_interval=5, eval_interval=10)
+    trainer = RecordingTrainer(train_cfg, agent_cfg, run, record=record)
+    summary = trainer.run()
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["train"]["task"] == "toy-bandit" and cfg["train"]["agent"] == "fidec"
     assert cfg["agent"]["actor_hidden_dims"] == [16, 16]  # --set override applied over the preset
@@ -53,10 +81,45 @@ def test_run_directory_contents(tmp_path):
     ):
         assert key in names, key
 
+    # each logged number is what update `step` returned: replayed from the state before it on its batch
+    def replica(state):
+        agent = make_agent("fidec", 1, 2, agent_cfg, seed=train_cfg.seed)
+        agent.load_checkpoint_state(copy.deepcopy(state))
+        return agent
+
+    for row in rows:
+        step = int(row["step"])
+        info = replica(trainer.before[step]).update(trainer.batches_seen[step], with_metrics=True)
+        assert set(info) == {k for k in row if "/" in k and k.split("/")[0] in ("critic", "actor", "grad")}
+        for k, v in info.items():
+            assert row[k] == float(v), (step, k)
+        # validation: the agent after the step on the validation stream of this step (no update)
+        agent = replica(trainer.after[step])
+        g = torch.Generator().manual_seed(derive_seed(train_cfg.seed, f"validation/{step}"))
+        batch = trainer.val_sampler.sample(train_cfg.batch_size, generator=g)
+        noise_g = torch.Generator().manual_seed(derive_seed(train_cfg.seed, f"validation-noise/{step}"))
+        with torch.no_grad():
+            _, val = agent.total_loss(batch, agent.sample_noise(train_cfg.batch_size, generator=noise_g))
+        for k, v in val.items():
+            assert row[f"validation/{k}"] == float(v), (step, k)
+    # throughput: each row's updates/s is its 5 steps over the training time they took
+    times = [0.0] + [r["time/train_time"] for r in rows]
+    for row, t0, t1 in zip(rows, times, times[1:]):
+        assert row["time/updates_per_sec"] == pytest.approx(5 / (t1 - t0), rel=1e-9)
+
     evals = read_csv(run / "eval.csv")
     assert [r["step"] for r in evals] == [10, 20]
     assert {"evaluation/success", "evaluation/episode.return", "evaluation/in_support"} <= set(evals[0])
-    assert 0.0 <= evals[-1]["evaluation/success"] <= 1.0
+    # evaluations: the agent after the step, its actions drawn with the evaluation seed of the step, scored here
+    for row in evals:
+        step = int(row["step"])
+        g = torch.Generator().manual_seed(derive_seed(train_cfg.seed, f"eval-actions/{step}"))
+        actions = replica(trainer.after[step]).sample_actions(
+            torch.ones(train_cfg.eval_episodes, 1), generator=g
+        )
+        success, in_support, ret = toy_scores(actions.numpy())
+        assert (row["evaluation/success"], row["evaluation/in_support"]) == (success, in_support), step
+        assert row["evaluation/episode.return"] == pytest.approx(ret, rel=1e-12)
 
     events = list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
@@ -64,12 +127,20 @@ def test_run_directory_contents(tmp_path):
 
     acc = EventAccumulator(str(run / "tensorboard"))
     acc.Reload()
-    assert [e.step for e in acc.Scalars("critic/critic_loss")] == [5, 10, 15, 20]
-    assert [e.step for e in acc.Scalars("evaluation/success")] == [10, 20]
+    # the same numbers as the CSV (float32 values, which TensorBoard stores exactly)
+    for key, table in (
+        ("critic/critic_loss", rows),
+        ("actor/distill_loss", rows),
+        ("evaluation/success", evals),
+    ):
+        assert [(e.step, e.value) for e in acc.Scalars(key)] == [(r["step"], r[key]) for r in table], key
 
     saved = json.loads((run / "summary.json").read_text())
+    assert saved == json.loads(json.dumps(summary))
     assert saved["score_steps"] == [20] and saved["score"] == evals[-1]["evaluation/success"]
-    assert summary["steps"] == 20 and summary["updates_per_sec"] > 0
+    assert saved["steps"] == 20 and saved["train_time_s"] == rows[-1]["time/train_time"]
+    assert saved["updates_per_sec"] == 20 / saved["train_time_s"]
+    assert saved["last_evaluation"]["evaluation/success"] == evals[-1]["evaluation/success"]
 
 
 def test_eval_schedule_and_log_interval_do_not_change_training(tmp_path):

@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "fisher_decorator.commands.train",
     "fisher_decorator.commands.evaluate",
     "fisher_decorator.commands.plot",
+    "fisher_decorator.commands.export",
     "fisher_decorator.commands.sweep",
     "fisher_decorator.commands.report",
 )

@@ -236,6 +236,18 @@ class TrainConfig:
     prefetch: int = option(2, "Batches drawn ahead in a background thread while an update runs (0: none).")
     dtype: str = option("float32", "Parameter dtype.", choices=("float32", "float64"))
     tensorboard: bool = option(True, "Write TensorBoard event files next to the CSV logs.")
+    wandb: bool = option(
+        False,
+        "Log to Weights & Biases with the authors' metric names (pip install 'fisher-decorator[wandb]'; "
+        "WANDB_MODE=offline works without a network). Also on when wandb_project is set.",
+    )
+    wandb_project: str | None = option(
+        None, "W&B project (None: 'fisher-decorator'); setting it turns W&B on."
+    )
+    wandb_entity: str | None = option(None, "W&B entity (team or user; None: W&B's default).")
+    wandb_group: str | None = option(
+        None, "W&B group (None: the task), so the seeds of a task group together."
+    )
     progress: bool = option(True, "Show a tqdm progress bar.")
 
     def check(self) -> None:

@@ -1,7 +1,10 @@
-"""Run logs: CSV files (train.csv, eval.csv) and TensorBoard event files.
+"""Run logs: CSV files (train.csv, eval.csv), TensorBoard event files and, optionally, Weights & Biases.
 
 The CSV logger keeps one header for a file and rewrites the file when a new column appears; on
 resume it drops the rows past the checkpoint's step, so a resumed run's logs read as one run.
+W&B gets the authors' (FQL's) metric names, so curves overlay theirs: update metrics as
+``training/critic/critic_loss``, ``training/actor/...``, and ``validation/...``, ``evaluation/...``,
+``time/...`` as in the CSV files.
 """
 
 from __future__ import annotations
@@ -103,3 +106,58 @@ class TensorBoardLogger:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def authors_metric_name(key: str) -> str:
+    """The name FQL's (and the FiDec authors') main.py logs a metric under: update metrics get ``training/``."""
+    if key.startswith(("evaluation/", "validation/", "time/", "training/")):
+        return key
+    return f"training/{key}"
+
+
+class WandbLogger:
+    """One W&B run per run directory; a resumed run continues the same W&B run (its id is in config.json).
+
+    Args:
+        run_dir: the run directory (W&B's files go to ``<run_dir>/wandb``).
+        run_id: the W&B run id (new runs: :func:`new_wandb_id`).
+        project, entity, group, name: W&B's fields.
+        config: the run's configs, shown in W&B's run table.
+    """
+
+    def __init__(
+        self, run_dir, *, run_id: str, project: str, entity=None, group=None, name=None, config=None
+    ):
+        try:
+            import wandb
+        except ImportError:
+            raise ImportError(
+                "W&B logging (--wandb) needs the wandb package: pip install 'fisher-decorator[wandb]'"
+            ) from None
+        self.run = wandb.init(
+            project=project,
+            entity=entity,
+            group=group,
+            name=name,
+            id=run_id,
+            resume="allow",
+            config=config,
+            dir=str(run_dir),
+        )
+
+    def log(self, row: dict[str, float], step: int) -> None:
+        self.run.log(
+            {authors_metric_name(k): v for k, v in row.items() if isinstance(v, (int, float))}, step=step
+        )
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+def new_wandb_id() -> str:
+    """A W&B run id (8 lowercase letters and digits, as wandb.util.generate_id makes them)."""
+    import secrets
+    import string
+
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(8))

@@ -61,8 +61,29 @@ def _series(rows: list[dict], metric: str) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(s), np.asarray(v, dtype=float)
 
 
-def plot_learning_curves(paths, out: str | Path, *, metrics: list[str] | None = None) -> Path:
-    """One panel per metric, one line per (task, agent): mean over seeds, min-max shaded."""
+MARKER_MAX_POINTS = 40  # curves with at most this many logged points draw a marker at each
+
+
+def smooth_curve(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing moving average over ``window`` logged points (fewer at the start); 1: unchanged."""
+    if window <= 1 or values.size == 0:
+        return values
+    c = np.cumsum(np.insert(values.astype(float), 0, 0.0))
+    i = np.arange(1, values.size + 1)
+    lo = np.maximum(i - window, 0)
+    return (c[i] - c[lo]) / (i - lo)
+
+
+def plot_learning_curves(
+    paths, out: str | Path, *, metrics: list[str] | None = None, smooth: int = 1
+) -> Path:
+    """One panel per metric, one line per (task, agent): mean over seeds, min-max shaded.
+
+    Every logged point gets a marker when a curve has few of them (a run with one row shows a point);
+    ``smooth > 1`` draws the trailing moving average over that many points, the raw mean faint behind it.
+    """
+    if int(smooth) < 1:
+        raise ValueError(f"--smooth {smooth}: the window must be >= 1 logged points")
     plt = _pyplot()
     runs = find_runs(paths)
     groups: dict[tuple[str, str], list[Path]] = defaultdict(list)
@@ -101,7 +122,13 @@ def plot_learning_curves(paths, out: str | Path, *, metrics: list[str] | None = 
             label = f"{agent} ({len(curves)} seed{'s' if len(curves) > 1 else ''})"
             if len(groups) > 1 and len({t for t, _ in groups}) > 1:
                 label = f"{task}: {label}"
-            (line,) = ax.plot(common, vals.mean(0), label=label)
+            mean = vals.mean(0)
+            marker = "o" if len(common) <= MARKER_MAX_POINTS else None
+            if smooth > 1:
+                (raw,) = ax.plot(common, mean, alpha=0.25, lw=0.8, marker=marker, ms=2.5)
+                (line,) = ax.plot(common, smooth_curve(mean, smooth), label=label, color=raw.get_color())
+            else:
+                (line,) = ax.plot(common, mean, label=label, marker=marker, ms=3)
             if len(curves) > 1:
                 ax.fill_between(common, vals.min(0), vals.max(0), color=line.get_color(), alpha=0.2)
         ax.set_title(metric)
@@ -133,6 +160,17 @@ def toy_samples(agent, n: int = 1000, seed: int = 0) -> dict[str, np.ndarray]:
     return {"base": base.cpu().numpy(), "refined": refined.cpu().numpy()}
 
 
+def _evaluation_at(run: str | Path, step: int) -> dict | None:
+    """The row of the run's eval.csv at ``step`` with the toy task's return and support, if any."""
+    path = Path(run) / "eval.csv"
+    if not path.is_file():
+        return None
+    for row in read_csv(path):
+        if row.get("step") == step and {"evaluation/episode.return", "evaluation/in_support"} <= set(row):
+            return row
+    return None
+
+
 def plot_toy_bandit(run_dirs: dict[str, str | Path], out: str | Path, *, n: int = 1000) -> Path:
     """Behaviour data, each agent's flow samples and refined actions, the support and the reward direction."""
     plt = _pyplot()
@@ -145,6 +183,7 @@ def plot_toy_bandit(run_dirs: dict[str, str | Path], out: str | Path, *, n: int 
     fig, axes = plt.subplots(1, len(run_dirs), figsize=(5.2 * len(run_dirs), 5), squeeze=False)
     for ax, (name, run) in zip(axes.flat, run_dirs.items()):
         agent, _, step = load_agent(run)
+        evaluation = _evaluation_at(run, step)
         s = toy_samples(agent, n)
         st = tb.action_stats(s["refined"])
         move = (s["refined"] - s["base"]).mean(0) / tb.BEHAVIOUR_STD
@@ -172,11 +211,16 @@ def plot_toy_bandit(run_dirs: dict[str, str | Path], out: str | Path, *, n: int 
         ax.set_ylim(-0.4, 0.4)
         ax.set_xlabel("a_0 (wide axis)")
         ax.set_ylabel("a_1 (narrow axis)")
-        ax.set_title(
+        title = (
             f"{name}, step {step}\nr moves {move[0]:+.2f} std (wide axis), {move[1]:+.2f} std (narrow axis)\n"
-            f"refined actions inside the data: {st['in_support']:.0%}, mean reward {st['return']:.3f}",
-            fontsize=9,
+            f"refined actions inside the data: {st['in_support']:.0%}, mean reward {st['return']:.3f}"
         )
+        if evaluation is not None:  # the run's own number for this step, as eval.csv has it
+            title += (
+                f"\neval.csv, step {step}: mean reward {evaluation['evaluation/episode.return']:.3f}, "
+                f"inside the data {evaluation['evaluation/in_support']:.0%}"
+            )
+        ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7, loc="upper left")
         ax.grid(alpha=0.3)
     fig.tight_layout()

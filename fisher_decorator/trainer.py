@@ -46,7 +46,7 @@ from fisher_decorator.config import (
 )
 from fisher_decorator.envs import make_task
 from fisher_decorator.evaluation import evaluate_agent, final_score, save_videos
-from fisher_decorator.logger import CSVLogger, TensorBoardLogger
+from fisher_decorator.logger import CSVLogger, TensorBoardLogger, WandbLogger, new_wandb_id
 from fisher_decorator.presets import parse_task, task_preset
 from fisher_decorator.sampler import BatchPrefetcher, TransitionSampler
 
@@ -75,6 +75,10 @@ RESUMABLE_CHANGES = (
     "prefetch",
     "tensorboard",
     "progress",
+    "wandb",
+    "wandb_project",
+    "wandb_entity",
+    "wandb_group",
 )
 
 
@@ -202,6 +206,34 @@ def load_run_config(run_dir: str | Path) -> tuple[TrainConfig, AgentConfig, dict
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     return train_cfg, agent_cfg, data
+
+
+def code_revision() -> dict[str, Any]:
+    """The git commit of the code that runs (None outside a git checkout) and whether it has local changes."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    out: dict[str, Any] = {"git_commit": None, "git_dirty": None, "source": str(root)}
+    try:
+        git = ["git", "-C", str(root)]
+        top = subprocess.run(
+            [*git, "rev-parse", "--show-toplevel"], capture_output=True, text=True, timeout=20
+        )
+        if top.returncode != 0 or Path(top.stdout.strip()).resolve() != root:
+            return out  # installed outside a checkout (or inside another repository)
+        commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=20)
+        status = subprocess.run(
+            [*git, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return out
+    if commit.returncode == 0:
+        out["git_commit"] = commit.stdout.strip()
+        out["git_dirty"] = bool(status.stdout.strip()) if status.returncode == 0 else None
+    return out
 
 
 def _floats(info: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -349,6 +381,7 @@ class Trainer:
                 "manifest": data.manifest,
             },
             **self.record,
+            "code": code_revision(),
             "environment": environment(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
@@ -465,6 +498,7 @@ class Trainer:
             self.tb = TensorBoardLogger(
                 self.run_dir / "tensorboard", purge_step=self.step + 1 if self.resume else None
             )
+        self.wandb = self._start_wandb() if cfg.wandb or cfg.wandb_project else None
 
         from tqdm import tqdm
 
@@ -482,6 +516,24 @@ class Trainer:
         self._window_t, self._window_steps = 0.0, 0
         self._postfix: dict[str, str] = {}
         self.batches = BatchPrefetcher(self.sampler, cfg.batch_size, cfg.prefetch)
+
+    def _start_wandb(self) -> WandbLogger:
+        """The run's W&B logger; its id is kept in config.json, so a resumed run continues the same W&B run."""
+        cfg = self.cfg
+        config = json.loads((self.run_dir / CONFIG).read_text())
+        run_id = config.get("wandb_id")
+        if run_id is None:
+            run_id = config["wandb_id"] = new_wandb_id()
+            write_json(self.run_dir / CONFIG, config)
+        return WandbLogger(
+            self.run_dir,
+            run_id=run_id,
+            project=cfg.wandb_project or "fisher-decorator",
+            entity=cfg.wandb_entity,
+            group=cfg.wandb_group or cfg.task,
+            name=f"{cfg.agent}-{cfg.task}-s{cfg.seed}",
+            config={k: config[k] for k in ("train", "agent", "dataset", "code") if k in config},
+        )
 
     def end_step(self, step: int, row: dict[str, float] | None, dt: float) -> None:
         """After update ``step`` (which took ``dt`` s): log ``row`` (the update's metrics, None when
@@ -501,6 +553,8 @@ class Trainer:
             self.train_log.log(row, step)
             if tb:
                 tb.log(row, step)
+            if self.wandb is not None:
+                self.wandb.log(row, step)
             self._postfix.update(critic=f"{row['critic/critic_loss']:.3g}", q=f"{row['actor/q']:.3g}")
             self.bar.set_postfix(self._postfix, refresh=False)
         if self._eval_due(step):
@@ -509,6 +563,8 @@ class Trainer:
             self.eval_log.log(erow, step)
             if tb:
                 tb.log(erow, step)
+            if self.wandb is not None:
+                self.wandb.log(erow, step)
             self.bar.set_postfix(success=f"{erow.get('evaluation/success', float('nan')):.3f}", refresh=False)
         if self._save_due(step):
             self.save()
@@ -526,6 +582,8 @@ class Trainer:
             self.bar.close()
         if getattr(self, "tb", None):
             self.tb.close()
+        if getattr(self, "wandb", None) is not None:
+            self.wandb.close()
         if getattr(self, "task", None) is not None and self._owns_task:
             self.task.close()
 

@@ -21,7 +21,8 @@ def _run(args: argparse.Namespace) -> int:
         common = Path(os.path.commonpath([os.path.abspath(p) for p in args.paths]))
         out = (common if common.is_dir() else common.parent) / "curves.png"
     metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
-    print(f"learning curves of {len(runs)} run(s): {plot_learning_curves(runs, out, metrics=metrics)}")
+    png = plot_learning_curves(runs, out, metrics=metrics, smooth=args.smooth)
+    print(f"learning curves of {len(runs)} run(s): {png}")
     toy = {}
     for run in runs:
         cfg = run_train_config(run)
@@ -46,5 +47,12 @@ def register(sub) -> None:
     p.add_argument("paths", nargs="+", help="run directories or folders containing them")
     p.add_argument("--out", help="output PNG (default: <path>/curves.png)")
     p.add_argument("--metrics", help="comma list of metrics (default: success, return and main losses)")
+    p.add_argument(
+        "--smooth",
+        type=int,
+        default=1,
+        metavar="N",
+        help="moving average over N logged points, raw curve faint behind it (default 1: none)",
+    )
     p.add_argument("--no-toy", action="store_true", help="skip the toy-bandit figure for toy-bandit runs")
     p.set_defaults(func=_run)

@@ -131,6 +131,8 @@ def command_line(args: argparse.Namespace, agent: str) -> str:
         value = getattr(args, flag)
         if value is not None:
             parts += [f"--{flag.replace('_', '-')}", str(value)]
+    if args.wandb:
+        parts.append("--wandb")
     for item in args.set or []:
         parts += ["--set", item]
     return " ".join(parts)
@@ -181,6 +183,7 @@ def _run(args: argparse.Namespace) -> int:
         "save_interval": args.save_interval,
         "threads": args.threads,
         "progress": False if args.no_progress else None,
+        "wandb": True if args.wandb else None,
     }
     overrides = parse_sets(args.set)
     if seeds is not None and any(k.rpartition(".")[2] == "seed" for k in overrides):
@@ -315,6 +318,11 @@ def register(sub) -> None:
     )
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--wandb",
+        action="store_true",
+        help="log to Weights & Biases with the authors' metric names (extra 'wandb'; --set wandb_project=...)",
+    )
     p.add_argument("--no-plot", action="store_true", help="toy-bandit: skip the figure")
     p.add_argument("--list-tasks", action="store_true", help="list the task names and exit")
     p.add_argument("--list-fields", action="store_true", help="list every config field with its doc and exit")

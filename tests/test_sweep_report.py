@@ -30,6 +30,7 @@ from fisher_decorator.sweep.report import (
     load_paper_scores,
     task_rows,
 )
+from tests.plot_helpers import legend_labels, saved_figures, shaded_bands, visible_axes
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sweep_report"
 C1 = "cube-single-play-singletask-task1-v0"
@@ -71,7 +72,8 @@ def test_family_and_task_arithmetic(sweep):
 
 
 def test_markdown_csv_and_curves(sweep, capsys):
-    assert main(["report", str(sweep)]) == 0
+    with saved_figures() as figures:
+        assert main(["report", str(sweep)]) == 0
     printed = capsys.readouterr().out
     assert (
         "| cube-single | 2 of 5 | 45.0 ± 7.1 (2 seeds) | 94 | -49.0 | 30.0 (1 seed) | unknown | unknown |"
@@ -100,7 +102,30 @@ def test_markdown_csv_and_curves(sweep, capsys):
     assert [p.stem for p in curves] == sorted(
         [C1, "cube-single-play-singletask-task2-v0", "puzzle-4x4-play-singletask-task3-v0"]
     )
-    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000 for p in curves)
+    assert sorted(figures) == [p.name for p in curves]
+    # what the curves show, from the fixture's eval.csv files by hand (success in %, mean over the seeds that
+    # have the step): C1 fidec seeds .0 .9 .5 .6 .7 and .0 .3 .9 1 .8; fql .0 .2 .4 .4 .4 and .0 .5 .5 .5 (no 1000)
+    steps = [1, 500, 800, 900, 1000]
+    expected = {
+        C1: {"fidec (2 seeds)": [0, 60, 70, 80, 75], "fql (2 seeds)": [0, 35, 45, 45, 40]},
+        "puzzle-4x4-play-singletask-task3-v0": {"fidec (1 seed)": [0, 0, 25, 50, 75]},
+    }
+    for task, lines in expected.items():
+        (ax,) = visible_axes(figures[f"{task}.png"])
+        assert ax.get_title().startswith(task + "\n")
+        assert (ax.get_xlabel(), ax.get_ylabel()) == ("updates", "success (%)")
+        assert legend_labels(ax) == list(lines)
+        curves_drawn = {
+            line.get_label(): line for line in ax.get_lines() if not line.get_label().startswith("_")
+        }
+        assert set(curves_drawn) == set(lines)
+        for label, values in lines.items():
+            assert list(curves_drawn[label].get_xdata()) == steps
+            assert list(curves_drawn[label].get_ydata()) == pytest.approx(values, rel=1e-12, abs=1e-12)
+        # the score steps dotted, one band (min-max) per agent with more than one seed
+        vlines = [line.get_xdata()[0] for line in ax.get_lines() if line.get_label().startswith("_")]
+        assert sorted(vlines) == [800, 900, 1000]
+        assert len(shaded_bands(ax)) == sum(label.endswith("seeds)") for label in lines)
 
 
 def test_report_without_manifest_reads_run_directories(sweep):

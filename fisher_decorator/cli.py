@@ -11,6 +11,7 @@ error, which names itself as such). ``FIDEC_DEBUG=1`` shows the traceback instea
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import json
@@ -115,6 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (
+        BrokenPipeError
+    ):  # `fidec data list | head`: the reader is gone; say nothing (Python's docs' recipe)
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except Exception as exc:
         if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
             raise

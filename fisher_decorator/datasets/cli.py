@@ -3,6 +3,7 @@
 fidec data list                               # known datasets, how to get each, which are present
 fidec data generate cube-single-play-v0       # official recipe: 1000 + 100 episodes of 1001 steps
 fidec data generate cube-single-play-v0 --episodes 50 --workers 2 --dataset-dir /tmp/ds
+fidec data download antmaze-large-navigate-v0  # official files (also: a family, paper, d4rl); resumable
 fidec data verify [DIR]                       # every file in DIR: keys, shapes, NaN/Inf, episodes, SHA-256
 fidec data info cube-single-play-singletask-task2-v0    # provenance, sizes, rewards, action statistics
 fidec data bench                              # episodes/s per worker of each generator
@@ -51,9 +52,9 @@ def _list(args) -> int:
             {
                 "dataset": name,
                 "kind": "ogbench",
-                "how": "fidec data generate"
+                "how": f"fidec data generate {name} (or: fidec data download {name})"
                 if r.regenerable
-                else f"download {OGBENCH_URL}/{r.files[0]} (+ -val)",
+                else f"fidec data download {name} ({OGBENCH_URL}/{r.files[0]} + -val)",
                 "recipe": f"{r.num_episodes}+{r.num_val_episodes} x {r.max_episode_steps}",
                 "present": present,
                 "regenerated": (directory / f"{name}.manifest.json").exists(),
@@ -65,7 +66,7 @@ def _list(args) -> int:
             {
                 "dataset": name,
                 "kind": "d4rl",
-                "how": f"download {spec.url}",
+                "how": f"fidec data download {name} ({spec.url})",
                 "recipe": "-",
                 "present": present,
                 "regenerated": False,
@@ -109,6 +110,22 @@ def _generate(args) -> int:
             f"success events train {manifest['stats']['train']['success_events']}"
             + (f"; {gen.get('wall_seconds', 0):.1f} s with {gen.get('workers')} worker(s)" if gen else "")
         )
+    return 0
+
+
+def _download(args) -> int:
+    from fisher_decorator.datasets.download import download_dataset, resolve_names
+
+    directory = _dir(args)
+    for dataset in resolve_names(args.datasets):  # errors: one line each, from cli.main
+        for r in download_dataset(dataset, directory, mirror=args.mirror, progress=not args.quiet):
+            if r["status"] == "present":
+                print(f"{dataset}: {r['name']} already in {directory} (kept; `fidec data verify` checks it)")
+            else:
+                print(
+                    f"{dataset}: {directory / r['name']} ({r['bytes']} bytes, SHA-256 {r['sha256'][:16]}...): "
+                    f"verified, {r['summary']}"
+                )
     return 0
 
 
@@ -205,7 +222,7 @@ def _bench(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser(
         "data",
-        help="OGBench/D4RL datasets: generate offline, verify, inspect",
+        help="OGBench/D4RL datasets: download, generate offline, verify, inspect",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -240,6 +257,21 @@ def register(sub) -> None:
     q.add_argument("--keep-shards", action="store_true", help="keep the per-shard files after merging")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=_generate)
+
+    q = dsub.add_parser(
+        "download", help="download official dataset files (resumable; verified before they get their name)"
+    )
+    q.add_argument(
+        "datasets",
+        nargs="+",
+        metavar="DATASET",
+        help="an OGBench dataset (antmaze-large-navigate-v0) or family (antmaze-large-navigate), a D4RL AntMaze "
+        "dataset (antmaze-large-diverse-v2), 'paper' (the paper's 10 OGBench datasets) or 'd4rl'",
+    )
+    _add_dir(q)
+    q.add_argument("--mirror", help="base URL serving the same file names (default: the official URLs)")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    q.set_defaults(func=_download)
 
     q = dsub.add_parser("verify", help="validate every dataset file in a directory (exit 1 if any is bad)")
     q.add_argument("directory", nargs="?", default=None, help="default: the dataset directory")

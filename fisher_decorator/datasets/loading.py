@@ -141,12 +141,13 @@ def missing_files_message(recipe: Recipe, directory: pathlib.Path, missing: list
             f"{head} Regenerate the dataset offline with OGBench's own oracles (official recipe: "
             f"{recipe.num_episodes} + {recipe.num_val_episodes} validation episodes of {recipe.max_episode_steps} "
             f"steps):\n  fidec data generate {recipe.dataset} --dataset-dir {directory}\n"
-            f"(add --workers N to use N cores), or download the official files {urls} into {directory}."
+            f"(add --workers N to use N cores), or download the official files:\n"
+            f"  fidec data download {recipe.dataset} --dataset-dir {directory}\n({urls})."
         )
     return (
         f"{head} This dataset cannot be regenerated offline: OGBench's recipe rolls out trained {recipe.family} "
-        f"expert policies. Download the official files {urls} and put {recipe.files[0]} and {recipe.files[1]} "
-        f"in {directory} (or point --dataset-dir / FIDEC_DATASET_DIR at the directory that holds them)."
+        f"expert policies. Download the official files:\n  fidec data download {recipe.dataset} --dataset-dir "
+        f"{directory}\n({urls}; or point --dataset-dir / FIDEC_DATASET_DIR at the directory that holds them)."
     )
 
 
@@ -292,8 +293,8 @@ def _load_d4rl(
     if path is None:
         raise DatasetNotFoundError(
             f"{name}: neither {spec.candidate_files[0]} nor {spec.candidate_files[1]} found in "
-            f"{', '.join(map(str, dirs))}. Download the official D4RL file {spec.url} and put it in {directory} "
-            f"(either name works; the d4rl package is not needed)."
+            f"{', '.join(map(str, dirs))}. Download the official D4RL file: fidec data download {name} "
+            f"--dataset-dir {directory} ({spec.url}; either name works; the d4rl package is not needed)."
         )
     data = load_d4rl_antmaze(path, spec)
     manifest = official_manifest(name, {"train": path})

@@ -147,7 +147,8 @@ def missing_files_message(recipe: Recipe, directory: pathlib.Path, missing: list
     return (
         f"{head} This dataset cannot be regenerated offline: OGBench's recipe rolls out trained {recipe.family} "
         f"expert policies. Download the official files:\n  fidec data download {recipe.dataset} --dataset-dir "
-        f"{directory}\n({urls}; or point --dataset-dir / FIDEC_DATASET_DIR at the directory that holds them)."
+        f"{directory}\n(or by hand: {urls}; put {recipe.files[0]} and {recipe.files[1]} in {directory}, or point "
+        "--dataset-dir / FIDEC_DATASET_DIR at the directory that holds them)."
     )
 
 

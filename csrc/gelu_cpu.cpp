@@ -3,7 +3,7 @@
 //                                            R rows: the per-state first-layer bias of an Euler step)
 //   gelu_jvp(h[N, H], bias[H], th[N, H])    y = gelu(h + b), dy = gelu'(h + b), ty = dy * th
 // One pass over memory; the row loops are plain arithmetic (gelu_row.h) that the compiler vectorises,
-// cloned for AVX-512 / AVX2 / baseline and picked at load time for the CPU at hand.
+// compiled for AVX-512 / AVX2 / baseline and picked once for the CPU at hand (or by FIDEC_CPU_ISA: cpu_isa.h).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -12,23 +12,27 @@
 
 #include "gelu_row.h"
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define FIDEC_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define FIDEC_CLONES
+#include "cpu_isa.h"
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#define FIDEC_MULTI_ISA 1
 #endif
+
+#define FIDEC_ALWAYS_INLINE inline __attribute__((always_inline))
 
 namespace fidec {
 namespace {
 
-FIDEC_CLONES void bias_gelu_row_f32(float* __restrict__ h, const float* __restrict__ b, int64_t H) {
+// fp32 row bodies: inlined into one function per ISA below, where the compiler vectorises them
+// for that ISA.
+FIDEC_ALWAYS_INLINE void bias_gelu_row_f32_body(float* __restrict__ h, const float* __restrict__ b, int64_t H) {
 #pragma omp simd
   for (int64_t j = 0; j < H; ++j) h[j] = gelu_tanh<float>(h[j] + b[j]);
 }
 
-FIDEC_CLONES void gelu_jvp_row_f32(const float* __restrict__ h, const float* __restrict__ b,
-                                   const float* __restrict__ th, float* __restrict__ y, float* __restrict__ ty,
-                                   float* __restrict__ dy, int64_t H) {
+FIDEC_ALWAYS_INLINE void gelu_jvp_row_f32_body(const float* __restrict__ h, const float* __restrict__ b,
+                                               const float* __restrict__ th, float* __restrict__ y,
+                                               float* __restrict__ ty, float* __restrict__ dy, int64_t H) {
 #pragma omp simd
   for (int64_t j = 0; j < H; ++j) {
     float yv, dv;
@@ -39,8 +43,8 @@ FIDEC_CLONES void gelu_jvp_row_f32(const float* __restrict__ h, const float* __r
   }
 }
 
-FIDEC_CLONES void gelu_fwd_row_f32(const float* __restrict__ x, float* __restrict__ y, float* __restrict__ dy,
-                                   int64_t n) {
+FIDEC_ALWAYS_INLINE void gelu_fwd_row_f32_body(const float* __restrict__ x, float* __restrict__ y,
+                                               float* __restrict__ dy, int64_t n) {
 #pragma omp simd
   for (int64_t j = 0; j < n; ++j) {
     float yv, dv;
@@ -49,6 +53,56 @@ FIDEC_CLONES void gelu_fwd_row_f32(const float* __restrict__ x, float* __restric
     dy[j] = dv;
   }
 }
+
+using BiasGeluRowFn = void (*)(float*, const float*, int64_t);
+using GeluJvpRowFn = void (*)(const float*, const float*, const float*, float*, float*, float*, int64_t);
+using GeluFwdRowFn = void (*)(const float*, float*, float*, int64_t);
+
+struct GeluRowsF32 {
+  BiasGeluRowFn bias_gelu;
+  GeluJvpRowFn jvp;
+  GeluFwdRowFn fwd;
+};
+
+// One set of row functions per ISA (ATTR: the target attribute, empty for the baseline).
+#define FIDEC_GELU_ROWS(ISA, ATTR)                                                                      \
+  ATTR void bias_gelu_row_f32_##ISA(float* h, const float* b, int64_t H) { bias_gelu_row_f32_body(h, b, H); } \
+  ATTR void gelu_jvp_row_f32_##ISA(const float* h, const float* b, const float* th, float* y, float* ty, \
+                                   float* dy, int64_t H) {                                              \
+    gelu_jvp_row_f32_body(h, b, th, y, ty, dy, H);                                                      \
+  }                                                                                                     \
+  ATTR void gelu_fwd_row_f32_##ISA(const float* x, float* y, float* dy, int64_t n) {                    \
+    gelu_fwd_row_f32_body(x, y, dy, n);                                                                 \
+  }                                                                                                     \
+  constexpr GeluRowsF32 kGeluRows_##ISA{bias_gelu_row_f32_##ISA, gelu_jvp_row_f32_##ISA, gelu_fwd_row_f32_##ISA};
+
+FIDEC_GELU_ROWS(baseline, )
+#ifdef FIDEC_MULTI_ISA
+FIDEC_GELU_ROWS(avx2, __attribute__((target("avx2"))))
+FIDEC_GELU_ROWS(avx512, __attribute__((target("avx512f"))))
+#endif
+
+const GeluRowsF32& gelu_rows_f32() {
+  static const GeluRowsF32 rows = [] {
+    switch (active_cpu_isa()) {
+#ifdef FIDEC_MULTI_ISA
+      case CpuIsa::Avx512:
+        return kGeluRows_avx512;
+      case CpuIsa::Avx2:
+        return kGeluRows_avx2;
+#endif
+      default:
+        return kGeluRows_baseline;
+    }
+  }();
+  return rows;
+}
+
+void bias_gelu_row_f32(float* h, const float* b, int64_t H) { gelu_rows_f32().bias_gelu(h, b, H); }
+void gelu_jvp_row_f32(const float* h, const float* b, const float* th, float* y, float* ty, float* dy, int64_t H) {
+  gelu_rows_f32().jvp(h, b, th, y, ty, dy, H);
+}
+void gelu_fwd_row_f32(const float* x, float* y, float* dy, int64_t n) { gelu_rows_f32().fwd(x, y, dy, n); }
 
 template <typename scalar_t>
 void gelu_fwd_range(const scalar_t* x, scalar_t* y, scalar_t* dy, int64_t n) {

@@ -3,6 +3,8 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include "cpu_isa.h"
+
 TORCH_LIBRARY(fidec, m) {
   // Fake (meta) impls and autograd are registered in Python by fisher_decorator.ops, which is the
   // module that loads this library (fdkernels.fisher_penalty.register_fisher_penalty_op).
@@ -42,4 +44,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #else
   m.attr("with_openmp") = false;
 #endif
+  // Resolving here makes a bad FIDEC_CPU_ISA an import error rather than a failure at the first op.
+  m.attr("cpu_isa") = fidec::cpu_isa_name(fidec::active_cpu_isa());
+  m.attr("supported_cpu_isas") = fidec::supported_cpu_isas();
 }

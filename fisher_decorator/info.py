@@ -43,6 +43,7 @@ def environment() -> dict:
     """What a benchmark row or a run's config records about the machine and the software."""
     from fisher_decorator import __version__
     from fisher_decorator.ops import backend_info
+    from fisher_decorator.ops._extension import cpu_kernel_isa
 
     try:
         import triton
@@ -60,6 +61,7 @@ def environment() -> dict:
         "cpu_isa": sorted(
             f for f in flags if f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
         ),
+        "cpu_kernels": cpu_kernel_isa(),
         "torch_threads": torch.get_num_threads(),
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "backends": backend_info(),

@@ -22,7 +22,10 @@ def _import_compiled():
     """The compiled module, or the ImportError that says why it is missing."""
     try:
         return importlib.import_module("fisher_decorator._C"), None
-    except ImportError as exc:  # not built, or built against another torch
+    except ImportError as exc:  # not built, or built against another torch, or FIDEC_CPU_ISA refused
+        first = (str(exc).strip().splitlines() or [""])[0]
+        if first.startswith("FIDEC_CPU_ISA"):  # a user error: said in one line, never a silent fallback
+            raise RuntimeError(first) from None
         return None, exc
 
 
@@ -43,6 +46,13 @@ def compiled_module():
             f"the compiled extension fisher_decorator._C is not available ({err}); {_BUILD_HINT}"
         )
     return mod
+
+
+def cpu_kernel_isa() -> str | None:
+    """The vectorised variant the C++ CPU kernels run ('avx512', 'avx2' or 'baseline'; FIDEC_CPU_ISA forces
+    one), or None without the compiled extension."""
+    mod, _ = _load()
+    return None if mod is None else mod.cpu_isa
 
 
 def backend_info() -> dict[str, str]:

@@ -10,7 +10,7 @@ def assert_verbose_allclose(
     expected: torch.Tensor,
     *,
     rtol: float,
-    atol: float,
+    atol: float | torch.Tensor,
     name: str = "tensor",
     max_print: int = 5,
 ) -> None:
@@ -23,6 +23,8 @@ def assert_verbose_allclose(
     inf_mismatch = torch.isinf(a) != torch.isinf(e)
     both_finite = torch.isfinite(a) & torch.isfinite(e)
     err = torch.where(both_finite, (a - e).abs(), torch.zeros_like(a))
+    if isinstance(atol, torch.Tensor):  # an elementwise bound (rounding analysis), e.g. tests/mlp_cases.py
+        atol = atol.detach().to(torch.float64).cpu()
     bad = (err > atol + rtol * e.abs()) & both_finite
     bad |= nan_mismatch | inf_mismatch
     same_inf = torch.isinf(a) & torch.isinf(e)
@@ -30,7 +32,8 @@ def assert_verbose_allclose(
     if not bad.any():
         return
     n_bad = int(bad.sum())
-    lines = [f"{name}: {n_bad} of {a.numel()} elements differ (rtol={rtol}, atol={atol})"]
+    atol_text = "elementwise bound" if isinstance(atol, torch.Tensor) else atol
+    lines = [f"{name}: {n_bad} of {a.numel()} elements differ (rtol={rtol}, atol={atol_text})"]
     if nan_mismatch.any():
         lines.append(f"  NaN mismatch at {int(nan_mismatch.sum())} elements")
     if inf_mismatch.any():
@@ -42,5 +45,6 @@ def assert_verbose_allclose(
         lines.append(
             f"  at {idx}: actual {a[idx].item():.6g}, expected {e[idx].item():.6g}, "
             f"abs err {err[idx].item():.3g}"
+            + (f" > bound {atol[idx].item():.3g}" if isinstance(atol, torch.Tensor) else "")
         )
     raise AssertionError("\n".join(lines))

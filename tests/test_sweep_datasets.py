@@ -12,7 +12,7 @@ import pytest
 
 from fisher_decorator.datasets import DatasetError, DatasetNotFoundError
 from fisher_decorator.sweep.datasets import datasets_for, prepare_datasets
-from tests.sweep_helpers import ROOT, env
+from tests.sweep_helpers import HANG_GUARD, ROOT, env
 
 pytest.importorskip("ogbench")
 pytestmark = [
@@ -89,7 +89,7 @@ def test_small_budget_end_to_end_on_ogbench(tmp_path, slow_opt_in):
         ",".join(CUBE),
     ]
     cmd += ["--seeds", "0-1", "--budget", "small", "--backend", "pool", "--out", str(out), "--no-progress"]
-    done = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=900)
+    done = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=HANG_GUARD)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     runs = json.loads((out / "manifest.json").read_text())["runs"]
     assert len(runs) == 8 and {e["state"] for e in runs.values()} == {"done"}

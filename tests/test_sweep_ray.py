@@ -11,6 +11,7 @@ import subprocess
 import pytest
 
 from tests.sweep_helpers import (
+    HANG_GUARD,
     ROOT,
     STEPS,
     assert_same_final_parameters,
@@ -45,9 +46,9 @@ def test_ray_sweep_restarts_a_killed_run_from_its_checkpoint(tmp_path):
         step = checkpoint_step(out / entry["run_dir"])
         return entry["pid"] if entry["state"] == "running" and 0 < step < STEPS else None
 
-    pid = wait_for(running_past_checkpoint, "a checkpoint of seed 0 under Ray", timeout=180, proc=proc)
+    pid = wait_for(running_past_checkpoint, "a checkpoint of seed 0 under Ray", proc=proc)
     os.kill(pid, signal.SIGKILL)
-    log = proc.communicate(timeout=240)[0]
+    log = proc.communicate(timeout=HANG_GUARD)[0]
     assert proc.returncode == 0, log[-4000:]
     assert "Ray (local Ray instance" in log
     entry = manifest(out)[RUN0]
@@ -81,9 +82,9 @@ def test_ctrl_c_stops_ray_runs_after_a_checkpoint(tmp_path):
         pids = [e["pid"] for e in runs.values() if e["state"] == "running"]
         return pids if len(pids) == 2 else None
 
-    pids = wait_for(both_running, "both runs to start under Ray", timeout=180, proc=proc)
+    pids = wait_for(both_running, "both runs to start under Ray", proc=proc)
     proc.send_signal(signal.SIGINT)
-    log = proc.communicate(timeout=120)[0]
+    log = proc.communicate(timeout=HANG_GUARD)[0]
     assert proc.returncode == 130, log[-4000:]
     for entry in manifest(out).values():
         assert entry["state"] == "pending" and entry["note"].startswith("interrupted at step"), entry

@@ -16,6 +16,7 @@ import torch
 
 from fisher_decorator.cli import main
 from tests.sweep_helpers import (
+    HANG_GUARD,
     ROOT,
     STEPS,
     assert_same_final_parameters,
@@ -67,7 +68,7 @@ def test_killed_run_fails_alone_then_resumes_to_the_same_parameters(tmp_path):
     )
     pid = wait_for(_running_with_checkpoint(out, RUN0), "a checkpoint of seed 0", proc=proc)
     os.kill(pid, signal.SIGKILL)
-    log = proc.communicate(timeout=180)[0]
+    log = proc.communicate(timeout=HANG_GUARD)[0]
     assert proc.returncode == 1, log[-3000:]
     runs = manifest(out)
     assert runs[RUN0]["state"] == "failed" and "killed by SIGKILL" in runs[RUN0]["error"], runs[RUN0]
@@ -101,7 +102,7 @@ def test_ctrl_c_checkpoints_the_running_runs_and_resumes_them(tmp_path):
     )
     pid = wait_for(_running_with_checkpoint(out, RUN0), "a checkpoint of seed 0", proc=proc)
     os.kill(proc.pid, signal.SIGINT)  # what Ctrl-C sends the driver (the workers run in their own sessions)
-    log = proc.communicate(timeout=120)[0]
+    log = proc.communicate(timeout=HANG_GUARD)[0]
     assert proc.returncode == 130, log[-3000:]
     assert not _alive(pid)
     entry = manifest(out)[RUN0]
@@ -130,7 +131,7 @@ def test_killed_driver_takes_its_runs_down_and_the_next_sweep_resumes_them(tmp_p
     pid = wait_for(_running_with_checkpoint(out, RUN0), "a checkpoint of seed 0", proc=proc)
     os.kill(proc.pid, signal.SIGKILL)  # pre-emption of the driver: no cleanup at all
     proc.wait()
-    wait_for(lambda: not _alive(pid), "the orphaned run to stop (PR_SET_PDEATHSIG)", timeout=30)
+    wait_for(lambda: not _alive(pid), "the orphaned run to stop (PR_SET_PDEATHSIG)")
     assert manifest(out)[RUN0]["state"] == "running"  # as the dead driver left it
     again = subprocess.run(
         [

@@ -16,6 +16,7 @@ import torch
 from fisher_decorator.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from fisher_decorator.logger import read_csv
 from fisher_decorator.trainer import CHECKPOINT
+from tests.sweep_helpers import HANG_GUARD
 from tests.train_helpers import assert_states_equal, full_state, run_tiny
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -143,7 +144,7 @@ def test_sigkill_then_resume_matches_a_straight_run(tmp_path):
         stderr=subprocess.DEVNULL,
     )
     ckpt = tmp_path / "killed" / CHECKPOINT
-    deadline = time.time() + 120
+    deadline = time.time() + HANG_GUARD  # the event is the checkpoint (or the run's exit), not a time budget
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.005)
     os.kill(proc.pid, signal.SIGKILL)

@@ -14,6 +14,8 @@ most ~n u times its terms' magnitude).
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 
 import pytest
 import torch
@@ -24,6 +26,9 @@ from fdkernels.fisher_penalty import HAS_TRITON, fisher_penalty_ref
 from fdkernels.linear_gelu import gelu_tanh_grad_ref
 from fdkernels.velocity_jvp import velocity_jvp_ref, velocity_mlp_ref
 from fisher_decorator.agents import AGENTS, make_agent
+from fisher_decorator.checkpoint import load_checkpoint
+from fisher_decorator.cli import main
+from fisher_decorator.logger import read_csv
 from fisher_decorator.multiseed import StackedAgents, unstack_info
 from fisher_decorator.ops import (
     RolloutWorkspace,
@@ -31,10 +36,12 @@ from fisher_decorator.ops import (
     compiled_module,
     euler_rollout,
     fisher_penalty,
+    fisher_quadratic_jacobian,
     gelu_tanh,
     velocity_jvp,
 )
 from fisher_decorator.ops._extension import resolve_backend
+from fisher_decorator.trainer import CHECKPOINT
 from tests.mlp_cases import make_batch, make_mlp
 from tests.test_agents_fast_paths import PLAIN
 from tests.test_agents_update import ACT, OBS, SMALL, B, batch
@@ -44,6 +51,7 @@ from tests.test_euler_rollout import _inputs as rollout_inputs
 from tests.test_fisher_penalty import LOWP_CASES, make_inputs, run
 from tests.test_gelu_ops import IDS as GELU_IDS
 from tests.test_gelu_ops import TOL as GELU_TOL
+from tests.test_multiseed import cli as train_cli
 from tests.test_velocity_jvp import CASES as JVP_CASES
 from tests.test_velocity_jvp import _case_id as jvp_id
 from tests.utils import assert_verbose_allclose
@@ -241,6 +249,42 @@ def test_velocity_jvp_cuda_gradcheck_tangent_only(backend):
     assert torch.autograd.gradcheck(f, (tangent,))
 
 
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_velocity_jvp_cuda_bf16_close_to_fp64(backend):
+    """test_velocity_jvp_bf16_close_to_fp64 on the GPU: no worse than torch.func.jvp in bf16 (+ one bf16
+    rounding of the result's scale)."""
+    params = make_mlp(28, 5, (64, 64), F64)
+    s, x, t, tangent = make_batch(16, 28, 5, F64)
+    bf = lambda z: z.to(device=CUDA, dtype=torch.bfloat16)
+    pb = [(bf(w), bf(b)) for w, b in params]
+    got = velocity_jvp(pb, bf(s), bf(x), bf(t), bf(tangent), backend=backend)
+    plain = velocity_jvp_ref(pb, bf(s), bf(x), bf(t), bf(tangent))
+    exact = velocity_jvp_ref(
+        [(w.double(), b.double()) for w, b in pb], *(bf(z).double() for z in (s, x, t, tangent))
+    )
+    for name, a, p, e in zip(("v", "jv"), got, plain, exact):
+        assert a.dtype == torch.bfloat16, name
+        err, err_plain = max_err(a, e), max_err(p, e)
+        assert err <= 2 * err_plain + LOWP_U["bfloat16"] * e.abs().max().item(), (name, err, err_plain)
+
+
+@pytest.mark.parametrize("score", ["velocity", "tweedie"])
+def test_jacobian_fisher_estimator_cuda_is_the_cpu_one(score):
+    """fisher_quadratic_jacobian (the "jacobian" estimator) on CUDA against the CPU kernels, fp64."""
+    params = make_mlp(6, 3, (32, 32), F64)
+    g = torch.Generator().manual_seed(3)
+    B_, K = 7, 5
+    s, x_t = torch.randn(B_, 6, generator=g, dtype=F64), torch.randn(B_, K, 3, generator=g, dtype=F64)
+    t = 0.8 + 0.15 * torch.rand(B_, K, generator=g, dtype=F64)
+    r = 0.1 * torch.randn(B_, 3, generator=g, dtype=F64)
+    got = fisher_quadratic_jacobian(
+        to_cuda(params), s.to(CUDA), x_t.to(CUDA), t.to(CUDA), r.to(CUDA), score=score, backend="cuda"
+    )
+    cpu = fisher_quadratic_jacobian(params, s, x_t, t, r, score=score, backend="cpu")
+    exact = fisher_quadratic_jacobian(params, s, x_t, t, r, score=score, backend="reference")
+    assert_within_rounding(got, cpu, exact, dtype=F64, n=_jvp_chain(6, 3, (32, 32)) + K, name=score)
+
+
 # ------------------------------------------------------------------------------------------ fused rollout
 def _rollout_chain(obs: int, d: int, hidden: tuple[int, ...], steps: int) -> int:
     """Every Euler step runs the whole MLP on the state the previous steps rounded."""
@@ -321,12 +365,14 @@ def test_reduced_precision_rollout_is_used_and_within_its_rounding(backend, roll
     )
 
 
-def test_agent_tf32_rollouts_really_run_in_tf32():
-    """rollout_dtype="tf32" in an agent: its rollouts move away from fp32 by tf32 rounding, its update runs,
-    and the global tf32 switch is back off afterwards."""
+@pytest.mark.parametrize("rollout_dtype", ["tf32", "bfloat16"])
+def test_agent_reduced_precision_rollouts_really_run_in_it(rollout_dtype):
+    """rollout_dtype="tf32" / "bfloat16" in an agent: its rollouts move away from fp32 by that precision's
+    rounding (no worse than the plain chain in it), its update runs, and the tf32 switch is back off."""
     cfg = AGENTS["fidec"].config_class(actor_hidden_dims=(512, 512, 512), value_hidden_dims=(64, 64))
     fp32 = make_agent("fidec", 28, 5, cfg, seed=0, device=CUDA)
-    tf32 = make_agent("fidec", 28, 5, dataclasses.replace(cfg, rollout_dtype="tf32"), seed=0, device=CUDA)
+    lowp_cfg = dataclasses.replace(cfg, rollout_dtype=rollout_dtype)
+    lowp = make_agent("fidec", 28, 5, lowp_cfg, seed=0, device=CUDA)
     g = torch.Generator().manual_seed(0)
     obs, noise = torch.randn(256, 28, generator=g).to(CUDA), torch.randn(256, 8, 5, generator=g).to(CUDA)
     params64 = [
@@ -335,19 +381,25 @@ def test_agent_tf32_rollouts_really_run_in_tf32():
     with torch.no_grad():
         exact = euler_rollout_ref(params64, obs.double(), noise.double(), cfg.flow_steps)
         err32 = max_err(fp32.flow_actions(obs, noise), exact)
-        err_tf = max_err(tf32.flow_actions(obs, noise), exact)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        try:
-            plain = euler_rollout_ref(
-                [(w.float(), b.float()) for w, b in params64], obs, noise, cfg.flow_steps
-            )
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = False
+        err_lowp = max_err(lowp.flow_actions(obs, noise), exact)
+        if rollout_dtype == "bfloat16":
+            bf = [(w.bfloat16(), b.bfloat16()) for w, b in params64]
+            plain = euler_rollout_ref(bf, obs.bfloat16(), noise.bfloat16(), cfg.flow_steps)
+        else:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            try:
+                p32 = [(w.float(), b.float()) for w, b in params64]
+                plain = euler_rollout_ref(p32, obs, noise, cfg.flow_steps)
+            finally:
+                torch.backends.cuda.matmul.allow_tf32 = False
     err_plain = max_err(plain, exact)
-    assert err_tf > 16 * err32, f"tf32 rollout error {err_tf:.3g} vs fp32 {err32:.3g}: tf32 was not used"
-    assert err_tf <= 2 * err_plain + LOWP_U["tf32"] * exact.abs().max().item(), (err_tf, err_plain)
+    assert err_lowp > 16 * err32, (
+        f"{rollout_dtype} rollout error {err_lowp:.3g} vs fp32 {err32:.3g}: {rollout_dtype} was not used"
+    )
+    bound = 2 * err_plain + LOWP_U[rollout_dtype] * exact.abs().max().item()
+    assert err_lowp <= bound, (err_lowp, err_plain)
     b = {k: v.to(CUDA) for k, v in _batch(28, 5, 256).items()}
-    info = tf32.update(b)
+    info = lowp.update(b)
     assert all(torch.isfinite(v).all() for v in info.values())
     assert torch.backends.cuda.matmul.allow_tf32 is False
 
@@ -408,6 +460,39 @@ def test_penalty_cuda_non_contiguous_inputs(backend):
         assert_within_rounding(got, want, want, dtype=F64, n=64, name="non-contiguous")
 
 
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_penalty_cuda_edge_cases(backend):
+    """test_fisher_penalty.py's edge cases on the GPU: t at and beyond 1 (score_eps), tiny scores (trace_eps),
+    a zero residual, huge scores (trace normalisation makes the penalty scale-free), no gradient to scores."""
+    v, x, _, r = make_inputs(4, 3, 5, device=CUDA)
+    for t in (0.999, 1.0, 1.5):
+        got, want = run(backend, v, x, t, r, score="tweedie"), run("reference", v, x, t, r, score="tweedie")
+        for name, a, e in zip(("penalty", "trace", "grad"), got, want):
+            assert torch.isfinite(a).all(), (t, name)
+            assert_within_rounding(a, e, e, dtype=F64, n=64, name=f"t={t} {name}")
+    pen, tr, _ = run(backend, v * 1e-12, x, 0.9, r, damping=0.0, trace_eps=1e-6)
+    assert torch.equal(tr, torch.full_like(tr, 1e-6))
+    pen_ref, _, _ = run("reference", v * 1e-12, x, 0.9, r, damping=0.0, trace_eps=1e-6)
+    assert_within_rounding(pen, pen_ref, pen_ref, dtype=F64, n=64, name="tiny scores")
+    pen, _, g = run(backend, v, x, 0.9, torch.zeros_like(r))
+    assert torch.equal(pen, torch.zeros_like(pen)) and torch.equal(g, torch.zeros_like(g))
+    v32, x32, r32 = v.float(), x.float(), r.float()
+    small, huge = (
+        run(backend, v32, x32, 0.9, r32, damping=0.0),
+        run(backend, v32 * 1e15, x32, 0.9, r32, damping=0.0),
+    )
+    assert torch.isfinite(huge[0]).all() and torch.isfinite(huge[1]).all()
+    assert_within_rounding(huge[0], small[0], small[0], dtype=torch.float32, n=64, name="huge scores")
+    vg, xg, rg = (
+        v.clone().requires_grad_(True),
+        x.clone().requires_grad_(True),
+        r.clone().requires_grad_(True),
+    )
+    pen, trace = fisher_penalty(vg, xg, 0.9, rg, score="tweedie", backend=backend)
+    gv, gx, gr = torch.autograd.grad(pen.sum(), (vg, xg, rg), allow_unused=True)
+    assert gv is None and gx is None and gr is not None and not trace.requires_grad
+
+
 # ------------------------------------------------------------------------------------------ registration
 def test_opcheck_cuda_ops():
     gen = torch.Generator().manual_seed(0)
@@ -437,12 +522,12 @@ def test_cuda_ops_compile_fullgraph(compile_backend):
     def loss(r_, params, s_, x_, t_, v_, xt_, tt_, h_, bias_, backend):
         pen, trace = fisher_penalty(v_, xt_, tt_, r_, backend=backend)
         _, jv = velocity_jvp(params, s_, x_, t_, r_, backend=backend)
-        a = h_.clone()
         if backend == "cuda":
-            torch.ops.fidec.bias_gelu_(a.view(32, 1, 64), bias_)
+            a = h_.reshape(32, 1, 64).clone()  # [G, R, H]: one bias row per state
+            torch.ops.fidec.bias_gelu_(a, bias_)
             y, _ = torch.ops.fidec.gelu_fwd(a)
         else:
-            y = F.gelu(F.gelu(a + bias_, approximate="tanh"), approximate="tanh")
+            y = F.gelu(F.gelu(h_ + bias_, approximate="tanh"), approximate="tanh")
         return (2.0 * pen).mean() + jv.square().mean() + 1e-3 * y.sum() + 0.0 * trace.sum()
 
     def value_and_grad(fn, dtype, device, backend):
@@ -616,3 +701,22 @@ def test_penalty_reference_on_cuda_is_the_cpu_reference():
     want = fisher_penalty_ref(v, x, t, r)
     for a, e in zip(got, want):
         assert_within_rounding(a, e, e, dtype=F64, n=2 * 8 + 3 * 21 + 16, name="reference penalty")
+
+
+@pytest.mark.parametrize("seeds", [None, "0,1"], ids=["one-seed", "two-seeds-stacked"])
+def test_train_entry_point_on_cuda(tmp_path, seeds):
+    """`fidec train --device cuda` end to end (one run, and two seeds stacked): logs, evaluation, checkpoint,
+    `--resume` to more steps, `fidec eval` of the result."""
+    out = tmp_path / "runs"
+    extra = ["--seeds", seeds] if seeds else []
+    assert train_cli(out, "--device", CUDA, *extra) == 0
+    run_dirs = [out / f"seed{s}" for s in seeds.split(",")] if seeds else [out]
+    for d in run_dirs:
+        assert json.loads((d / "config.json").read_text())["train"]["device"] == CUDA
+        rows = read_csv(d / "train.csv")
+        assert [r["step"] for r in rows] == [2, 4]
+        assert all(math.isfinite(v) for r in rows for v in r.values() if isinstance(v, float))
+    assert train_cli(out, "--device", CUDA, "--steps", "6", "--resume") == 0
+    for d in run_dirs:
+        assert load_checkpoint(d / CHECKPOINT)["step"] == 6
+        assert main(["eval", "--run", str(d), "--episodes", "8", "--device", CUDA]) == 0

@@ -220,15 +220,15 @@ mlp_ops_bench() {
   fi
 }
 
-# bench_dry TINY MODULE ARGS...: (1) MODULE's main() takes ARGS, the GPU run's exact arguments (argparse and
-# the module's own checks of modes and sizes; stopped where it would build the first case), (2) with TINY=1, a
-# tiny CPU run of its main(): eager modes, networks 2 x 32, B = 16, rows to a temporary directory.
+# bench_dry MODULE "ARGS" ...: (1) MODULE's main() takes each ARGS, the exact arguments of one of the GPU
+# runs (argparse and the module's own checks of modes and sizes; stopped where it would build the first
+# case), (2) a tiny CPU run of its main(): eager modes, networks 2 x 32, B = 16, rows to a temporary directory.
 bench_dry() {
   "$PYTHON" - "$@" <<'PY'
-import dataclasses, importlib, pathlib, sys, tempfile
+import dataclasses, importlib, pathlib, shlex, sys, tempfile
 import benchmarks.common
 
-tiny_run, module_name, gpu_args = sys.argv[1] == "1", sys.argv[2], sys.argv[3:]
+module_name, gpu_runs = sys.argv[1], [shlex.split(a) for a in sys.argv[2:]]
 sys.argv[0] = module_name  # argparse's program name in its messages
 module = importlib.import_module(module_name)
 
@@ -240,14 +240,13 @@ def stop(*args, **kwargs):
 
 make_case = module.make_case
 module.make_case = stop
-try:
-    module.main(gpu_args)
-    sys.exit(f"{module_name}: main() returned before building a case")
-except Parsed:
-    print(f"{module_name} accepts {' '.join(gpu_args)}")
+for gpu_args in gpu_runs:
+    try:
+        module.main(gpu_args)
+        sys.exit(f"{module_name}: main() returned before building a case")
+    except Parsed:
+        print(f"{module_name} accepts {' '.join(gpu_args)}")
 module.make_case = make_case
-if not tiny_run:
-    sys.exit(0)
 
 tiny = ["--device", "cpu", "--agents", "fql", "--rounds", "1", "--warmup", "1"]
 if module_name == "benchmarks.train_throughput":
@@ -259,7 +258,7 @@ if module_name == "benchmarks.train_throughput":
         return train, dataclasses.replace(cfg, actor_hidden_dims=(32, 32), value_hidden_dims=(32, 32)), record
 
     module.resolve_configs = small
-    tiny += ["--modes", ",".join(m for m in module.MODES if m != "compiled")]  # no inductor build here
+    tiny += ["--modes", "eager-reference,fused"]
 else:
     module.SIZES = {name: dict(B=16, hidden=32, K=2) for name in module.SIZES}
     tiny += ["--sizes", "small", "--num-seeds", "1,2"]
@@ -276,8 +275,7 @@ training_bench() {
   local run1=(--device cuda --agents "$TRAIN_AGENTS" --modes "$TRAIN_MODES" "${rounds[@]}")
   local run2=(--device cuda --agents "$COMPILED_AGENTS" --modes "$COMPILED_MODES" "${rounds[@]}")
   if [ "$dry_run" = 1 ]; then
-    bench_dry 1 benchmarks.train_throughput "${run1[@]}"
-    bench_dry 0 benchmarks.train_throughput "${run2[@]}"
+    bench_dry benchmarks.train_throughput "${run1[*]}" "${run2[*]}"
     return
   fi
   "$PYTHON" -m benchmarks.train_throughput "${run1[@]}"
@@ -285,15 +283,17 @@ training_bench() {
 }
 
 multiseed_bench() {
-  local run tiny=1
+  local run runs=()
   for run in "${MULTISEED_RUNS[@]}"; do
+    runs+=("--device cuda --agents fidec $run --rounds 10")
+  done
+  if [ "$dry_run" = 1 ]; then
+    bench_dry benchmarks.multiseed "${runs[@]}"
+    return
+  fi
+  for run in "${runs[@]}"; do
     # shellcheck disable=SC2086  # each run is a word list
-    if [ "$dry_run" = 1 ]; then
-      bench_dry "$tiny" benchmarks.multiseed --device cuda --agents fidec $run --rounds 10
-      tiny=0
-    else
-      "$PYTHON" -m benchmarks.multiseed --device cuda --agents fidec $run --rounds 10
-    fi
+    "$PYTHON" -m benchmarks.multiseed $run
   done
 }
 

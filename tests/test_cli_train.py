@@ -16,14 +16,13 @@ import torch
 
 from fisher_decorator.agents import derive_seed
 from fisher_decorator.cli import main
-from fisher_decorator.envs.toy_bandit import make_dataset
 from fisher_decorator.logger import read_csv
 from fisher_decorator.ops import available_backends
 from fisher_decorator.plotting import DEFAULT_EVAL_METRICS, DEFAULT_TRAIN_METRICS
 from fisher_decorator.presets import load_presets, ogbench_families, parse_task, task_preset
 from fisher_decorator.trainer import load_agent, resolve_configs
-from tests.plot_helpers import legend_labels, saved_figures, scatters, shaded_bands, visible_axes
-from tests.toy_helpers import toy_scores
+from tests.plot_helpers import legend_labels, saved_figures, shaded_bands, visible_axes
+from tests.toy_helpers import check_toy_figure, toy_scores
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--set", "actor_hidden_dims=16,16", "--set", "value_hidden_dims=16,16", "--set", "flow_steps=3"]
@@ -111,40 +110,6 @@ def test_several_agents_go_to_subdirectories_and_the_toy_figure(tmp_path):
     assert (out / "fidec" / "checkpoint.pt").is_file() and (out / "deflow" / "checkpoint.pt").is_file()
     assert (out / "toy_bandit.png").is_file()
     check_toy_figure(figures["toy_bandit.png"], {"fidec": out / "fidec", "deflow": out / "deflow"}, step=3)
-
-
-def check_toy_figure(fig, runs: dict, *, step: int, n: int = 1000):
-    """One panel per agent: the behaviour data, the agent's flow samples a_b = euler(s, z) and refined actions
-    clip(a_b + r(s, a_b)) for z ~ N(0, I) drawn with seed 0 (recomputed here from the checkpoint), the support."""
-    axes = visible_axes(fig)
-    assert len(axes) == len(runs)
-    data = make_dataset(n, seed=12345)["actions"]
-    for ax, (name, run) in zip(axes, runs.items()):
-        agent = load_agent(run)[0]
-        z = torch.randn(n, 2, generator=torch.Generator().manual_seed(0))
-        obs = torch.ones(n, 1)
-        with torch.no_grad():
-            base = agent.flow_actions(obs, z)
-            refined = (base + agent.residual(obs, base)).clamp(-1, 1)
-        pts = [c.get_offsets() for c in scatters(ax)]
-        assert len(pts) == 3
-        np.testing.assert_array_equal(pts[0], data)
-        np.testing.assert_array_equal(pts[1], base.numpy())
-        np.testing.assert_array_equal(pts[2], refined.numpy())
-        _, in_support, ret = toy_scores(refined.numpy())
-        title = ax.get_title()
-        assert title.startswith(f"{name}, step {step}\n"), title
-        assert f"inside the data: {in_support:.0%}, mean reward {ret:.3f}" in title, title
-        assert legend_labels(ax) == [
-            "behaviour data",
-            "flow samples a_b",
-            f"{name}: a_b + r",
-            "data support (3 std)",
-        ]
-        (ellipse,) = ax.patches
-        assert tuple(ellipse.center) == (-0.2, 0.0)
-        assert (ellipse.width, ellipse.height) == pytest.approx((1.8, 0.3), rel=1e-12)
-        assert (ax.get_xlabel(), ax.get_ylabel()) == ("a_0 (wide axis)", "a_1 (narrow axis)")
 
 
 def test_console_script_and_module_entry_points():

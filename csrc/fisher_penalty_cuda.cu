@@ -62,30 +62,44 @@ __global__ void fisher_penalty_fwd_kernel(const in_t* __restrict__ v, const in_t
   }
 }
 
+// Columns of the gradient row each lane accumulates in registers per pass over the K samples.
+constexpr int kColsPerLane = 4;
+
+// No shared memory, so any K runs: each pass over the K samples recomputes (g_k . r) by a warp reduction (every
+// lane gets it) and adds its g_kj terms for up to kWarp * kColsPerLane columns; rows wider than that (d > 128)
+// take more passes. Per column the sum runs over k in order, as the CPU kernel's.
 template <typename in_t, typename acc_t>
 __global__ void fisher_penalty_bwd_kernel(const acc_t* __restrict__ gp, const acc_t* __restrict__ g,
                                           const in_t* __restrict__ r, const acc_t* __restrict__ c,
                                           in_t* __restrict__ grad_r, int64_t B, int64_t K, int64_t D,
                                           acc_t damping) {
-  extern __shared__ unsigned char smem_raw[];
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
-  acc_t* dots = reinterpret_cast<acc_t*>(smem_raw) + warp * K;  // (g_k . r) for this warp's state
   const int64_t b = int64_t(blockIdx.x) * kWarpsPerBlock + warp;
-  if (b >= B) return;
+  if (b >= B) return;  // the whole warp shares b, so the full-mask shuffles below stay valid
   const in_t* rb = r + b * D;
-  for (int64_t k = 0; k < K; ++k) {
-    const acc_t* gk = g + (b * K + k) * D;
-    acc_t dot = 0;
-    for (int64_t j = lane; j < D; j += kWarp) dot += gk[j] * static_cast<acc_t>(rb[j]);
-    dot = warp_sum(dot);
-    if (lane == 0) dots[k] = dot;
-  }
-  __syncwarp();
   const acc_t gpb = gp[b], cb = c[b];
-  for (int64_t j = lane; j < D; j += kWarp) {
-    acc_t s = 0;
-    for (int64_t k = 0; k < K; ++k) s += dots[k] * g[(b * K + k) * D + j];
-    grad_r[b * D + j] = static_cast<in_t>(fisher_penalty_grad(gpb, s, static_cast<acc_t>(rb[j]), K, D, damping, cb));
+  for (int64_t j0 = 0; j0 < D; j0 += int64_t(kWarp) * kColsPerLane) {
+    acc_t s[kColsPerLane];
+#pragma unroll
+    for (int q = 0; q < kColsPerLane; ++q) s[q] = 0;
+    for (int64_t k = 0; k < K; ++k) {
+      const acc_t* gk = g + (b * K + k) * D;
+      acc_t dot = 0;
+      for (int64_t j = lane; j < D; j += kWarp) dot += gk[j] * static_cast<acc_t>(rb[j]);
+      dot = warp_sum(dot);
+#pragma unroll
+      for (int q = 0; q < kColsPerLane; ++q) {
+        const int64_t j = j0 + q * kWarp + lane;
+        if (j < D) s[q] += dot * gk[j];
+      }
+    }
+#pragma unroll
+    for (int q = 0; q < kColsPerLane; ++q) {
+      const int64_t j = j0 + q * kWarp + lane;
+      if (j < D)
+        grad_r[b * D + j] =
+            static_cast<in_t>(fisher_penalty_grad(gpb, s[q], static_cast<acc_t>(rb[j]), K, D, damping, cb));
+    }
   }
 }
 
@@ -109,8 +123,7 @@ int launch_bwd(const void* gp, const void* g, const void* r, const void* c, void
   using acc_t = typename AccType<in_t>::type;
   if (B == 0) return 0;
   const unsigned grid = static_cast<unsigned>((B + kWarpsPerBlock - 1) / kWarpsPerBlock);
-  const size_t smem = sizeof(acc_t) * kWarpsPerBlock * static_cast<size_t>(K);
-  fisher_penalty_bwd_kernel<in_t, acc_t><<<grid, kWarp * kWarpsPerBlock, smem, stream>>>(
+  fisher_penalty_bwd_kernel<in_t, acc_t><<<grid, kWarp * kWarpsPerBlock, 0, stream>>>(
       static_cast<const acc_t*>(gp), static_cast<const acc_t*>(g), static_cast<const in_t*>(r),
       static_cast<const acc_t*>(c), static_cast<in_t*>(grad_r), B, K, D, acc_t(damping));
   return static_cast<int>(cudaGetLastError());

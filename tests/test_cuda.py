@@ -48,7 +48,7 @@ from tests.test_agents_update import ACT, OBS, SMALL, B, batch
 from tests.test_euler_rollout import CASES as ROLLOUT_CASES
 from tests.test_euler_rollout import _id as rollout_id
 from tests.test_euler_rollout import _inputs as rollout_inputs
-from tests.test_fisher_penalty import LOWP_CASES, make_inputs, run
+from tests.test_fisher_penalty import LOWP_CASES, check_reduced_precision, make_inputs, run
 from tests.test_gelu_ops import IDS as GELU_IDS
 from tests.test_gelu_ops import TOL as GELU_TOL
 from tests.test_multiseed import cli as train_cli
@@ -421,18 +421,7 @@ def _batch(obs: int, act: int, n: int) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 def test_reduced_precision_penalty_cuda(backend, dtype, B_, K, d):
     """check_reduced_precision of test_fisher_penalty.py (flash-attention's rule) with the inputs on the GPU."""
-    v, x, _, r = make_inputs(B_, K, d, F64, seed=7, device=CUDA)
-    v, x, r = v.to(dtype), x.to(dtype), r.to(dtype)
-    t = torch.full((B_, K), 0.875, device=CUDA)  # exact in bf16/fp16, so only the kernels' arithmetic differs
-    atol = 1e-3
-    ref64 = run("reference", v.double(), x.double(), t.double(), r.double())
-    ref_lp = run("reference", v, x, t.to(dtype), r)
-    got = run(backend, v, x, t, r)
-    for name, a, p, e in zip(("penalty", "trace", "grad"), got, ref_lp, ref64):
-        assert a.dtype == dtype and a.device.type == "cuda", name
-        scale = e.abs().max().item()
-        err_kernel, err_torch = max_err(a, e) / scale, max_err(p, e) / scale
-        assert err_kernel <= 2 * err_torch + atol, f"{name}: kernel {err_kernel:.3g} vs torch {err_torch:.3g}"
+    check_reduced_precision(backend, dtype, B_, K, d, device=CUDA)
 
 
 @pytest.mark.parametrize("dtype", FP, ids=FP_IDS)

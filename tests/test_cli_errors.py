@@ -177,21 +177,22 @@ _BLOCK_MATPLOTLIB = """
 import importlib.abc, sys
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name == "matplotlib" or name.startswith("matplotlib."):
+        if name.split(".")[0] in ("matplotlib", "tensorboard"):
             raise ModuleNotFoundError(f"No module named {name!r}")
 sys.meta_path.insert(0, Block())
 import importlib.util
-importlib.util.find_spec = (lambda f: lambda name, *a: None if name.split('.')[0] == 'matplotlib' else f(name, *a))(importlib.util.find_spec)
+importlib.util.find_spec = (lambda f: lambda name, *a: None if name.split('.')[0] in ('matplotlib', 'tensorboard') else f(name, *a))(importlib.util.find_spec)
 from fisher_decorator.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
 
 def test_toy_main_job_without_matplotlib(tmp_path):
-    """The README's main job on an install without the [logging] extra: trains, skips the figure in one line."""
+    """The README's main job on an install without the [logging] extra (no matplotlib, no tensorboard): it
+    trains, says in one line each that TensorBoard logging is off and that the figure is skipped."""
     out = tmp_path / "toy"
     argv = ["train", "--task", "toy-bandit", "--out", str(out), "--steps", "10", "--eval-interval", "10"]
-    argv += ["--eval-episodes", "8", "--no-progress", "--threads", "1", *TINY_SETS]
+    argv += ["--eval-episodes", "8", "--no-progress", "--threads", "1", *TINY_SETS[:-2]]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-c", _BLOCK_MATPLOTLIB, *argv], cwd=ROOT, env=env, capture_output=True, text=True
@@ -202,6 +203,11 @@ def test_toy_main_job_without_matplotlib(tmp_path):
     assert notice == [
         "toy-bandit figure skipped: matplotlib is not installed (pip install 'fisher-decorator[logging]')"
     ]
+    tensorboard = [line for line in proc.stderr.splitlines() if "TensorBoard" in line]
+    assert tensorboard == 2 * [
+        "TensorBoard logging off: tensorboard is not installed (pip install 'fisher-decorator[logging]')"
+    ]  # one run of each agent
+    assert not (out / "fidec" / "tensorboard").exists()
     assert (out / "fidec" / "summary.json").is_file() and (out / "deflow" / "summary.json").is_file()
     assert not (out / "toy_bandit.png").exists()
 

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-from fisher_decorator.config import EVAL_SAMPLING, ConfigError
+from fisher_decorator.config import EVAL_SAMPLING
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -22,29 +21,25 @@ def _run(args: argparse.Namespace) -> int:
     from fisher_decorator.evaluation import evaluate_agent, save_videos
     from fisher_decorator.trainer import load_agent
 
-    run = Path(args.run)
-    try:
-        agent, cfg, step = load_agent(run, checkpoint=args.checkpoint, device=args.device)
-        task = make_task(cfg.task, dataset_dir=cfg.dataset_dir, seed=cfg.seed)
-        seed = cfg.seed if args.seed is None else args.seed
-        mode = args.sampling or cfg.eval_sampling
-        t0 = time.perf_counter()
-        stats, videos = evaluate_agent(
-            agent,
-            task,
-            episodes=args.episodes if args.episodes is not None else cfg.eval_episodes,
-            seed=seed,
-            step=step,
-            mode=mode,
-            num_samples=args.num_samples or cfg.eval_num_samples,
-            refine_steps=args.refine_steps or cfg.eval_refine_steps,
-            video_episodes=args.video_episodes,
-            video_frame_skip=args.video_frame_skip or cfg.video_frame_skip,
-        )
-        task.close()
-    except (ConfigError, FileNotFoundError, RuntimeError, ValueError) as exc:
-        print(f"fidec eval: error: {exc}", file=sys.stderr)
-        return 2
+    run = Path(args.run)  # errors: one line each, from cli.main
+    agent, cfg, step = load_agent(run, checkpoint=args.checkpoint, device=args.device)
+    task = make_task(cfg.task, dataset_dir=cfg.dataset_dir, seed=cfg.seed)
+    seed = cfg.seed if args.seed is None else args.seed
+    mode = args.sampling or cfg.eval_sampling
+    t0 = time.perf_counter()
+    stats, videos = evaluate_agent(
+        agent,
+        task,
+        episodes=args.episodes if args.episodes is not None else cfg.eval_episodes,
+        seed=seed,
+        step=step,
+        mode=mode,
+        num_samples=args.num_samples or cfg.eval_num_samples,
+        refine_steps=args.refine_steps or cfg.eval_refine_steps,
+        video_episodes=args.video_episodes,
+        video_frame_skip=args.video_frame_skip or cfg.video_frame_skip,
+    )
+    task.close()
     result = {
         "run": str(run),
         "task": cfg.task,

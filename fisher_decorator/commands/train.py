@@ -189,10 +189,11 @@ def _run(args: argparse.Namespace) -> int:
     if seeds is not None and any(k.rpartition(".")[2] == "seed" for k in overrides):
         raise ConfigError("with --seeds the seeds come from --seeds, not --set seed=...")
     resolved = {}
-    for a in agents:
+    for i, a in enumerate(agents):
         previous = _resumed_run(args, a, agents, seeds)
         if previous is None:
-            _preset_notice(args.task)
+            if i == 0:
+                _preset_notice(args.task)
             resolved[a] = resolve_configs(
                 args.task, a, flags=flags, overrides=overrides_for(a, agents, overrides)
             )

@@ -132,7 +132,7 @@ def load_policy(path: str, *, device: str | torch.device = "cpu"):
     path = str(path)
     with open(path, "rb") as f:
         head = f.read(4)
-    if head.startswith(b"PK"):  # TorchScript archives are zip files
+    if head == b"PK\x03\x04":  # TorchScript archives are zip files (safetensors start with a header size)
         extra = {f"{METADATA_KEY}.json": ""}
         with warnings.catch_warnings():  # torch >= 2.10 marks TorchScript deprecated; it still loads
             warnings.simplefilter("ignore", DeprecationWarning)

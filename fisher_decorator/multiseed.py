@@ -52,6 +52,7 @@ import torch
 from torch.func import functional_call, grad, vmap
 
 from fisher_decorator.agents.base import BATCH_KEYS, Batch, FlowAgent, Info
+from fisher_decorator.agents.step import apply_step, clip_gradients_
 from fisher_decorator.checkpoint import _fsync_dir, save_checkpoint, write_json
 from fisher_decorator.config import ConfigError, TrainConfig, to_dict, validate
 from fisher_decorator.networks import MLP
@@ -260,30 +261,15 @@ class StackedAgents:
         frozen = {n: self.tensors[n] for n in self.frozen_names + self.buffer_names}
         grads_by_name, info = self._grad_fn(with_metrics)(params, frozen, batch, noise)
         grads = [grads_by_name[n] for n in self.names]
-        # Per seed what FlowAgent.update computes from that seed's gradients alone.
-        norms = torch.stack(torch._foreach_norm([g_i for g in grads for g_i in g.unbind(0)]))
-        norms = norms.view(len(grads), S).t().contiguous()  # [S, tensors]
-        global_norm = torch.linalg.vector_norm(norms, dim=1)  # [S]
-        if with_metrics:
-            info["grad/max"] = torch.stack([g.reshape(S, -1).amax(1) for g in grads]).amax(0)
-            info["grad/min"] = torch.stack([g.reshape(S, -1).amin(1) for g in grads]).amin(0)
-            info["grad/norm"] = norms.sum(dim=1)
-            info["grad/global_norm"] = global_norm
-        if self.config.grad_clip is not None:
-            scale = torch.clamp(self.config.grad_clip / (global_norm + 1e-6), max=1.0)
-            for g in grads:
-                g.mul_(scale.view(S, *([1] * (g.dim() - 1))))
-            if with_metrics:
-                info["grad/clip_scale"] = scale
-                info["grad/norm_clipped"] = global_norm * scale
-        for n, g in zip(self.names, grads):
-            self.tensors[n].grad = g
-        # The target moves towards the critic of before this step, as in FlowAgent.update.
-        with torch.no_grad():
-            target = [self.tensors[n] for n in self.target_names]
-            torch._foreach_mul_(target, 1.0 - self.config.tau)
-            torch._foreach_add_(target, [self.tensors[n] for n in self.critic_names], alpha=self.config.tau)
-        self.optimizer.step()
+        info.update(clip_gradients_(grads, self.config.grad_clip, num_seeds=S, with_metrics=with_metrics))
+        apply_step(
+            self.optimizer,
+            [self.tensors[n] for n in self.names],
+            grads,
+            target=[self.tensors[n] for n in self.target_names],
+            source=[self.tensors[n] for n in self.critic_names],
+            tau=self.config.tau,
+        )
         for n in self.names:
             self.tensors[n].grad = None
         self.num_updates += 1

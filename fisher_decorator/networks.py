@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fdkernels.time import time_column
 from fisher_decorator.ops.gelu import gelu_tanh
 
 LAYER_NORM_EPS = 1e-6
@@ -98,17 +99,6 @@ class MLP(nn.Module):
         return x
 
 
-def _time_column(t: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
-    if isinstance(t, torch.Tensor):
-        t = t.to(dtype=like.dtype)
-        if t.dim() == 0:
-            return t.expand(like.shape[0], 1)
-        if t.dim() == 1:
-            return t[:, None]
-        return t
-    return torch.full((like.shape[0], 1), float(t), dtype=like.dtype, device=like.device)
-
-
 class VelocityField(MLP):
     """The behaviour flow's velocity ``v_theta(s, x, t)``: MLP on concat [s, x, t] -> [N, d]."""
 
@@ -118,7 +108,7 @@ class VelocityField(MLP):
 
     def forward(self, obs: torch.Tensor, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         """obs [N, obs_dim], x [N, d], t a float, [N] or [N, 1] -> velocity [N, d]."""
-        return super().forward(torch.cat([obs, x, _time_column(t, x)], dim=-1))
+        return super().forward(torch.cat([obs, x, time_column(t, x)], dim=-1))
 
 
 class StateActionMLP(MLP):
@@ -198,11 +188,18 @@ class CriticEnsemble(nn.Module):
 
 
 @torch.no_grad()
+@torch.no_grad()
+def polyak_(target: list[torch.Tensor], source: list[torch.Tensor], tau: float) -> None:
+    """``target <- tau * source + (1 - tau) * target`` (SPEC "Losses") over lists of tensors, as foreach kernels.
+
+    Two passes (scale, then add) rather than ``_foreach_lerp_``: lerp rounds differently (``t + w (s - t)``),
+    and these are the numerics the runs, checkpoints and parity tests were recorded with."""
+    if len(target) != len(source):
+        raise ValueError(f"target has {len(target)} tensors, source {len(source)}")
+    torch._foreach_mul_(target, 1.0 - tau)
+    torch._foreach_add_(target, source, alpha=tau)
+
+
 def polyak_update(target: nn.Module, source: nn.Module, tau: float) -> None:
-    """target <- tau * source + (1 - tau) * target, parameter by parameter (SPEC "Losses")."""
-    tgt = list(target.parameters())
-    src = list(source.parameters())
-    if len(tgt) != len(src):
-        raise ValueError(f"target has {len(tgt)} parameters, source {len(src)}")
-    torch._foreach_mul_(tgt, 1.0 - tau)
-    torch._foreach_add_(tgt, src, alpha=tau)
+    """:func:`polyak_` over two modules' parameters."""
+    polyak_(list(target.parameters()), list(source.parameters()), tau)

@@ -25,9 +25,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from fisher_decorator.agents.step import apply_step, clip_gradients_
 from fisher_decorator.config import ConfigError, _positive, option, validate
 from fisher_decorator.flows import euler_rollout, flow_matching_target
-from fisher_decorator.networks import CriticEnsemble, VelocityField, polyak_update
+from fisher_decorator.networks import CriticEnsemble, VelocityField
 from fisher_decorator.ops import BACKENDS, ROLLOUT_DTYPES, RolloutWorkspace
 
 Batch = dict[str, torch.Tensor]
@@ -350,25 +351,15 @@ class FlowAgent(nn.Module):
         loss, info = self._loss_fn()(batch, noise, with_metrics=with_metrics)
         loss.backward()
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        for p, g in zip(params, grads):
-            p.grad = g
-        norms = torch._foreach_norm(grads)
-        global_norm = torch.linalg.vector_norm(torch.stack(norms))
-        if with_metrics:
-            info["grad/max"] = torch.stack([g.max() for g in grads]).max()
-            info["grad/min"] = torch.stack([g.min() for g in grads]).min()
-            info["grad/norm"] = torch.stack(norms).sum()  # the authors' figure: sum of per-tensor norms
-            info["grad/global_norm"] = global_norm
-        if self.config.grad_clip is not None:
-            scale = torch.clamp(self.config.grad_clip / (global_norm + 1e-6), max=1.0)
-            torch._foreach_mul_(grads, scale)
-            if with_metrics:
-                info["grad/clip_scale"] = scale
-                info["grad/norm_clipped"] = global_norm * scale
-        # The target moves towards the critic of *before* this step (the authors' target_update reads
-        # self.network, the pre-update parameters); the target takes no part in the gradient above.
-        polyak_update(self.target_critic, self.critic, self.config.tau)
-        self.optimizer.step()
+        info.update(clip_gradients_(grads, self.config.grad_clip, with_metrics=with_metrics))
+        apply_step(
+            self.optimizer,
+            params,
+            grads,
+            target=list(self.target_critic.parameters()),
+            source=list(self.critic.parameters()),
+            tau=self.config.tau,
+        )
         self.num_updates += 1
         return {k: v.detach() for k, v in info.items()}
 

@@ -11,27 +11,26 @@ The fused kernels never form ``F``: ``r^T F r = mean_k (g_k . r)^2 + damping ||r
 The gradient reaches ``residual`` only; the scores are constants, like the authors'
 ``jax.lax.stop_gradient``:  ``d pen / d r = 2 (mean_k (g_k . r) g_k + damping r) / (c d)``.
 
-Everything here is importable without Triton; the kernels exist when Triton does. Triton
-reads ``TRITON_INTERPRET`` when a kernel is *decorated*, so kernels are jitted lazily, once
-per interpreter setting (that is what lets a test switch the interpreter on for itself).
+Everything here is importable without Triton; the kernels exist when Triton does (fdkernels/_triton.py).
 """
 
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 
-try:  # Triton is optional: the CPU wheel of torch does not bring it.
-    import triton
-    import triton.language as tl
+from fdkernels._triton import HAS_TRITON, jit_kernel, tl, triton, triton_usable
+from fdkernels.time import time_matrix
 
-    HAS_TRITON = True
-except ImportError:  # pragma: no cover - exercised on machines without triton
-    triton = None
-    tl = None
-    HAS_TRITON = False
+__all__ = [
+    "HAS_TRITON",
+    "SCORE_KINDS",
+    "fisher_matrix_ref",
+    "fisher_penalty_ref",
+    "flow_score_ref",
+    "triton_usable",
+]
 
 SCORE_KINDS = ("velocity", "tweedie")
 
@@ -39,18 +38,6 @@ SCORE_KINDS = ("velocity", "tweedie")
 # --------------------------------------------------------------------------------------------
 # Reference (plain PyTorch, materialises F exactly as the authors' JAX code does)
 # --------------------------------------------------------------------------------------------
-def _t_column(t: float | torch.Tensor, B: int, K: int, like: torch.Tensor) -> torch.Tensor | float:
-    """t as the authors hold it: one value per (b, k) row of the flattened [B*K, 1] batch."""
-    if isinstance(t, (int, float)):
-        return float(t)
-    t = t.to(dtype=like.dtype, device=like.device)
-    if t.dim() == 0:
-        return t.reshape(1, 1, 1)
-    if t.dim() == 1:
-        return t.reshape(B, 1, 1).expand(B, K, 1)
-    return t.reshape(B, K, 1)
-
-
 def flow_score_ref(
     velocity: torch.Tensor,
     x_t: torch.Tensor,
@@ -64,7 +51,12 @@ def flow_score_ref(
     ``tweedie``:  g = (t v - x) / max(1 - t, eps) (the exact score of the Gaussian path).
     """
     B, K, _ = velocity.shape
-    tt = _t_column(t, B, K, velocity)
+    # t as the authors hold it: one value per (b, k) row (a float stays a Python float)
+    tt = (
+        time_matrix(t, B, K, velocity.dtype, velocity.device)[..., None]
+        if isinstance(t, torch.Tensor)
+        else float(t)
+    )
     if isinstance(tt, float):
         denom = max(1.0 - tt, eps)
     else:
@@ -136,15 +128,14 @@ def _fisher_penalty_fwd_kernel(
     B,
     K,
     D,
-    damping,
-    score_eps,
-    trace_eps,
+    opts_ptr,
     TWEEDIE: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
     # One program: BLOCK_B states, all K samples, the whole action row (BLOCK_D >= D).
+    damping, score_eps, trace_eps = tl.load(opts_ptr), tl.load(opts_ptr + 1), tl.load(opts_ptr + 2)
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     cols = tl.arange(0, BLOCK_D)
     rmask = rows < B
@@ -182,11 +173,12 @@ def _fisher_penalty_bwd_kernel(
     B,
     K,
     D,
-    damping,
+    opts_ptr,
     ACC: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
+    damping = tl.load(opts_ptr)
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     cols = tl.arange(0, BLOCK_D)
     rmask = rows < B
@@ -204,25 +196,6 @@ def _fisher_penalty_bwd_kernel(
     tl.store(gr_ptr + rows[:, None] * D + cols[None, :], gr, mask=m2)
 
 
-@functools.cache
-def _jit(fn, interpret: bool):
-    del interpret  # part of the cache key: triton.jit reads TRITON_INTERPRET itself
-    return triton.jit(fn)
-
-
-def _kernel(fn):
-    return _jit(fn, os.environ.get("TRITON_INTERPRET", "0") == "1")
-
-
-def triton_usable(device: torch.device) -> bool:
-    """Triton runs on CUDA devices, and on the CPU only under ``TRITON_INTERPRET=1``."""
-    if not HAS_TRITON:
-        return False
-    if device.type == "cuda":
-        return True
-    return device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 def _geometry(B: int, D: int) -> tuple[int, int, int]:
     block_d = max(triton.next_power_of_2(D), 2)
     block_b = max(1, min(64, 4096 // block_d, triton.next_power_of_2(B)))
@@ -231,6 +204,14 @@ def _geometry(B: int, D: int) -> tuple[int, int, int]:
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@functools.lru_cache(maxsize=64)
+def _options(dtype: torch.dtype, device: torch.device, *values: float) -> torch.Tensor:
+    """The float options as a tensor in the accumulation dtype: Triton types a Python float argument fp32,
+    which would round damping and the eps to fp32 in an fp64 kernel. Cached, so a call copies nothing to the
+    device after the first (and a CUDA-graph capture after a warm-up finds it made)."""
+    return torch.tensor(values, dtype=dtype, device=device)
 
 
 def fisher_penalty_forward(
@@ -250,7 +231,7 @@ def fisher_penalty_forward(
     trace = torch.empty(B, dtype=acc, device=velocity.device)
     scores = torch.empty(B, K, D, dtype=acc, device=velocity.device)
     block_b, block_d, grid = _geometry(B, D)
-    _kernel(_fisher_penalty_fwd_kernel)[(grid,)](
+    jit_kernel(_fisher_penalty_fwd_kernel)[(grid,)](
         velocity,
         x_t,
         t,
@@ -261,9 +242,7 @@ def fisher_penalty_forward(
         B,
         K,
         D,
-        damping,
-        score_eps,
-        trace_eps,
+        _options(acc, velocity.device, damping, score_eps, trace_eps),
         TWEEDIE=score == "tweedie",
         ACC=tl.float64 if acc == torch.float64 else tl.float32,
         BLOCK_B=block_b,
@@ -284,7 +263,7 @@ def fisher_penalty_backward(
     acc = scores.dtype
     grad_r = torch.empty(B, D, dtype=acc, device=scores.device)
     block_b, block_d, grid = _geometry(B, D)
-    _kernel(_fisher_penalty_bwd_kernel)[(grid,)](
+    jit_kernel(_fisher_penalty_bwd_kernel)[(grid,)](
         grad_penalty.contiguous(),
         scores,
         residual,
@@ -293,7 +272,7 @@ def fisher_penalty_backward(
         B,
         K,
         D,
-        damping,
+        _options(acc, scores.device, damping),
         ACC=tl.float64 if acc == torch.float64 else tl.float32,
         BLOCK_B=block_b,
         BLOCK_D=block_d,

@@ -18,13 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fdkernels.fisher_penalty import HAS_TRITON, _kernel, triton_usable
-
-if HAS_TRITON:
-    import triton
-    import triton.language as tl
-else:  # pragma: no cover
-    triton = tl = None
+from fdkernels._triton import jit_kernel, tl, triton, triton_usable
 
 GELU_BETA = 0.7978845608028654  # sqrt(2 / pi)
 GELU_KAPPA = 0.044715
@@ -150,7 +144,7 @@ def linear_gelu_triton(
     acc = tl.float64 if a.dtype == torch.float64 else tl.float32
     BLOCK_M, BLOCK_N, BLOCK_K = 32, 64, 32
     grid = (triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N))
-    _kernel(_linear_gelu_kernel)[grid](
+    jit_kernel(_linear_gelu_kernel)[grid](
         a, ta.contiguous() if ta is not None else a, weight, bias, y, ty, dy, M, N, K, rows_per_bias,
         HAS_TANGENT=ta is not None, GELU=gelu, GROUP_BIAS=group, ACC=acc,
         PRECISION="tf32" if (allow_tf32 and a.dtype == torch.float32) else "ieee",

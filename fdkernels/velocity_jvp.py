@@ -16,22 +16,16 @@ import torch
 import torch.nn.functional as F
 
 from fdkernels.linear_gelu import linear_gelu_triton
+from fdkernels.time import time_column
 
 Params = Sequence[tuple[torch.Tensor, torch.Tensor]]
-
-
-def _time_column(t: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    if isinstance(t, torch.Tensor):
-        t = t.to(like.dtype)
-        return t.reshape(-1, 1).expand(like.shape[0], 1) if t.numel() in (1, like.shape[0]) else t
-    return torch.full((like.shape[0], 1), float(t), dtype=like.dtype, device=like.device)
 
 
 def velocity_mlp_ref(
     params: Params, s: torch.Tensor, x: torch.Tensor, t: float | torch.Tensor
 ) -> torch.Tensor:
     """v(s, x, t) as a plain nn.Linear chain: ``s [N, obs], x [N, d], t float/[N]/[N, 1] -> [N, d]``."""
-    h = torch.cat([s, x, _time_column(t, x)], dim=-1)
+    h = torch.cat([s, x, time_column(t, x)], dim=-1)
     for i, (w, b) in enumerate(params):
         h = F.linear(h, w, b)
         if i < len(params) - 1:
@@ -56,7 +50,7 @@ def velocity_jvp_triton(
     """The forward through the fused Triton layer kernel: (v, jv, [gelu'(h_l) per hidden layer])."""
     obs, d = s.shape[-1], x.shape[-1]
     w1, b1 = params[0]
-    inp = torch.cat([s, x, _time_column(t, x)], dim=-1)
+    inp = torch.cat([s, x, time_column(t, x)], dim=-1)
     # Layer 1: the tangent enters through the x columns only.
     ta = torch.zeros_like(inp)
     ta[:, obs : obs + d] = tangent

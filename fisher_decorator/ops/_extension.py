@@ -8,7 +8,7 @@ import warnings
 
 import torch
 
-from fdkernels.fisher_penalty import HAS_TRITON, triton_usable
+from fdkernels._triton import HAS_TRITON, triton_usable
 
 BACKENDS = ("reference", "cpu", "cuda", "triton")
 

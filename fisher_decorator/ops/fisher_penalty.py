@@ -17,9 +17,8 @@ from fdkernels.fisher_penalty import (
     flow_score_ref,
     register_fisher_penalty_op,
 )
+from fdkernels.time import TimeArg, time_matrix
 from fisher_decorator.ops._extension import _load, resolve_backend
-
-TimeArg = float | torch.Tensor
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -68,16 +67,6 @@ def _check_scores_args(velocity, x_t, t, score: str, eps_name: str, eps: float) 
     if not eps > 0:
         raise ValueError(f"{eps_name} must be > 0, got {eps}")
     return B, K, d
-
-
-def time_matrix(t: TimeArg, B: int, K: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """t (a float, [B] or [B, K]) as a contiguous [B, K] tensor of ``dtype``: one t per Fisher sample."""
-    if isinstance(t, torch.Tensor):
-        t = t.to(dtype=dtype)
-        if t.dim() == 1:
-            t = t[:, None]
-        return t.expand(B, K).contiguous()
-    return torch.full((B, K), float(t), dtype=dtype, device=device)
 
 
 def flow_score(

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from fdkernels.velocity_jvp import _time_column, velocity_jvp_ref, velocity_jvp_triton
+from fdkernels.time import time_column, time_matrix
+from fdkernels.velocity_jvp import velocity_jvp_ref, velocity_jvp_triton
 from fisher_decorator.ops import gelu as _gelu  # noqa: F401  (fake impls of the GELU ops)
 from fisher_decorator.ops._extension import resolve_backend
-from fisher_decorator.ops.fisher_penalty import time_matrix
 
 Params = Sequence[tuple[torch.Tensor, torch.Tensor]]
 
@@ -67,7 +67,7 @@ def _jvp_forward_compiled(params, s, x, t, tangent):
     """torch GEMMs + the fused C++/CUDA gelu_jvp kernel; returns (v, jv, saved gelu' per hidden layer)."""
     obs, d = s.shape[1], x.shape[1]
     w1, b1 = params[0]
-    inp = torch.cat([s, x, _time_column(t, x)], dim=-1)
+    inp = torch.cat([s, x, time_column(t, x)], dim=-1)
     h = inp @ w1.t()
     th = tangent @ w1[:, obs : obs + d].t()
     if len(params) == 1:

@@ -160,11 +160,6 @@ def to_dict(cfg) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
-def from_dict(cls, data: dict[str, Any], *, what: str = "config"):
-    """The inverse of :func:`to_dict`, with the same checks as overrides."""
-    return apply_overrides(cls(), dict(data), what=what) if data else cls()
-
-
 def validate(cfg) -> None:
     """Choices, then the class's own ``check()`` if it has one."""
     _check_choices(cfg)

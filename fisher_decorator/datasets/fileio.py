@@ -87,13 +87,3 @@ def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 22) -> str:
         while chunk := f.read(chunk_bytes):
             h.update(chunk)
     return h.hexdigest()
-
-
-def sha256_arrays(arrays: Mapping[str, np.ndarray]) -> str:
-    """Hash of the keys, dtypes, shapes and bytes of ``arrays`` (independent of the file container)."""
-    h = hashlib.sha256()
-    for key in sorted(arrays):
-        a = np.ascontiguousarray(arrays[key])
-        h.update(f"{key}|{a.dtype.str}|{a.shape}|".encode())
-        h.update(a.data)
-    return h.hexdigest()

@@ -212,6 +212,7 @@ def test_toy_main_job_without_matplotlib(tmp_path):
     assert not (out / "toy_bandit.png").exists()
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/fd")
 def test_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_previous(tmp_path, monkeypatch, capsys):
     from fisher_decorator import checkpoint
 

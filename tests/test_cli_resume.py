@@ -118,6 +118,50 @@ def test_stale_checkpoint_temporaries_are_removed_at_the_next_start(tmp_path, ca
         live.stdin.close()
 
 
+_HANG_IN_SECOND_CHECKPOINT = """
+import os, sys, threading
+from fisher_decorator import checkpoint
+real, calls = os.fsync, [0]
+def fsync(fd):  # the second checkpoint write never finishes: the process is killed inside it
+    if os.readlink(f"/proc/self/fd/{fd}").endswith(f".checkpoint.pt.tmp{os.getpid()}"):
+        calls[0] += 1
+        if calls[0] == 2:
+            threading.Event().wait()
+    return real(fd)
+checkpoint.os.fsync = fsync
+from fisher_decorator.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/fd")
+def test_sigkill_inside_a_checkpoint_write_then_resume(tmp_path, capsys):
+    out = tmp_path / "r"
+    args = ["train", "--agent", "fidec", "--out", str(out), "--steps", "20", "--save-interval", "10"]
+    args += ["--log-interval", "5", "--eval-interval", "0", "--no-progress", "--no-plot", "--threads", "1"]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HANG_IN_SECOND_CHECKPOINT, *args, *TINY_SETS],
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    tmp = out / f".checkpoint.pt.tmp{proc.pid}"
+    try:
+        while not (tmp.exists() and tmp.stat().st_size > 0):  # the event: the second write is under way
+            assert proc.poll() is None, "training ended before its second checkpoint"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert tmp.exists() and load_checkpoint(out / "checkpoint.pt")["step"] == 10
+    capsys.readouterr()
+    assert _train(out, "--resume") == 0
+    assert f"removed {tmp}, left by a process killed while writing" in capsys.readouterr().err
+    assert not tmp.exists() and load_checkpoint(out / "checkpoint.pt")["step"] == 20
+    assert [p.name for p in out.iterdir() if ".tmp" in p.name] == []
+
+
 def _children(pid: int) -> set[int]:
     """Every process below ``pid`` (from /proc)."""
     parents = {}

@@ -10,21 +10,34 @@ all states as one (B*K)-row GEMM.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
 
 from fdkernels.linear_gelu import linear_gelu_triton
 from fdkernels.velocity_jvp import Params, velocity_mlp_ref
 
+VelocityFn = Callable[[torch.Tensor, torch.Tensor, "float | torch.Tensor"], torch.Tensor]
+
 
 @torch.no_grad()
-def euler_rollout_ref(params: Params, s: torch.Tensor, noise: torch.Tensor, steps: int) -> torch.Tensor:
-    """``s: [B, obs]``, ``noise: [B, d]`` or ``[B, K, d]`` -> actions of noise's shape."""
+def euler_rollout_ref(
+    velocity: Params | VelocityFn, s: torch.Tensor, noise: torch.Tensor, steps: int
+) -> torch.Tensor:
+    """The one plain Euler loop (every fused rollout is tested against it).
+
+    ``velocity``: the MLP's ``[(weight, bias), ...]`` on concat [s, x, t], or any ``v(s, x, t)`` callable (a
+    network with LayerNorm, say); t is passed as the float i/N. ``s: [B, obs]``, ``noise: [B, d]`` or
+    ``[B, K, d]`` (the states repeated K times, like the authors' ``jnp.repeat``) -> actions of noise's shape.
+    """
+    v = velocity if callable(velocity) else functools.partial(velocity_mlp_ref, velocity)
     shape = noise.shape
     if noise.dim() == 3:
         s = s.repeat_interleave(shape[1], dim=0)
     x = noise.reshape(-1, shape[-1])
     for i in range(steps):
-        x = x + velocity_mlp_ref(params, s, x, i / steps) / steps
+        x = x + v(s, x, i / steps) / steps
     return x.clamp(-1.0, 1.0).reshape(shape)
 
 

@@ -1,26 +1,24 @@
 """Flow-matching pieces shared by every agent: the Euler rollout and the flow-matching interpolant.
 
 Every rollout of every agent (critic targets, base actions of the residual, the K Fisher samples,
-evaluation, diagnostics) goes through :func:`euler_rollout`. A plain MLP velocity field (no
-LayerNorm) runs on the fused op :func:`fisher_decorator.ops.euler_rollout` (state part of the first
-layer once per rollout, time folded into its bias, K samples per state as one GEMM, reused
-buffers, optional bf16/tf32 GEMMs); other fields run the plain loop below.
+evaluation, diagnostics) goes through :func:`flow_rollout`. A plain MLP velocity field (no
+LayerNorm) runs on the op :func:`fisher_decorator.ops.euler_rollout`, which picks a backend (fused: state
+part of the first layer once per rollout, time folded into its bias, K samples per state as one GEMM,
+reused buffers, optional bf16/tf32 GEMMs); other fields run the plain loop of
+:func:`fdkernels.euler_rollout.euler_rollout_ref`, the loop every fused path is tested against.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
+from fdkernels.euler_rollout import VelocityFn, euler_rollout_ref
 from fisher_decorator import ops
 from fisher_decorator.networks import MLP
 
-VelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
 
 @torch.no_grad()
-def euler_rollout(
+def flow_rollout(
     velocity_field: VelocityFn,
     obs: torch.Tensor,
     noise: torch.Tensor,
@@ -35,14 +33,14 @@ def euler_rollout(
     Always without gradient (SPEC "Sampling").
 
     Args:
-        velocity_field: ``v(obs [M, obs_dim], x [M, d], t [M, 1]) -> [M, d]``.
+        velocity_field: ``v(obs [M, obs_dim], x [M, d], t) -> [M, d]`` with t the float i/N.
         obs: [B, obs_dim] states.
         noise: [B, d] one starting point per state, or [B, K, d] K starting points per state; the
             K samples of all states then run as one (B*K)-row batch (states repeated K times in
             place, like the authors' ``jnp.repeat``).
         steps: N, the number of Euler steps (>= 1).
         backend, rollout_dtype, workspace: of :func:`fisher_decorator.ops.euler_rollout`, for plain MLP
-            fields ("reference" is the plain port, bit for bit the loop below).
+            fields ("reference" is the plain port, bit for bit the loop of other fields).
 
     Returns:
         actions with ``noise``'s shape.
@@ -67,16 +65,11 @@ def euler_rollout(
         raise ValueError(
             f"noise must be [B, d] or [B, K, d] with B = {obs.shape[0]} (obs' batch), got {tuple(noise.shape)}"
         )
-    shape = noise.shape
-    if noise.dim() == 3:
-        obs = obs.repeat_interleave(shape[1], dim=0)
-        noise = noise.reshape(-1, shape[-1])
-    x = noise
-    t = torch.empty(x.shape[0], 1, dtype=x.dtype, device=x.device)
-    for i in range(steps):
-        t.fill_(i / steps)
-        x = x + velocity_field(obs, x, t) / steps
-    return x.clamp(-1.0, 1.0).reshape(shape)
+    return euler_rollout_ref(velocity_field, obs, noise, steps)
+
+
+# The name before the op of the same name made it ambiguous; kept working.
+euler_rollout = flow_rollout
 
 
 def flow_matching_target(

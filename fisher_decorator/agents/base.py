@@ -27,7 +27,7 @@ from torch import nn
 
 from fisher_decorator.agents.step import apply_step, clip_gradients_
 from fisher_decorator.config import ConfigError, _positive, option, validate
-from fisher_decorator.flows import euler_rollout, flow_matching_target
+from fisher_decorator.flows import flow_matching_target, flow_rollout
 from fisher_decorator.networks import CriticEnsemble, VelocityField
 from fisher_decorator.ops import BACKENDS, ROLLOUT_DTYPES, RolloutWorkspace
 
@@ -233,7 +233,7 @@ class FlowAgent(nn.Module):
     def flow_actions(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Behaviour-flow actions euler(s, z) (no gradient); noise [B, d] or [B, K, d]."""
         cfg = self.config
-        return euler_rollout(
+        return flow_rollout(
             self.velocity_field,
             obs,
             noise,

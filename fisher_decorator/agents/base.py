@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -391,24 +390,3 @@ class FlowAgent(nn.Module):
         self.optimizer.load_state_dict(state["optimizer"])
         self.noise_generator.set_state(state["noise_generator"].cpu())
         self.num_updates = int(state["num_updates"])
-
-
-class LagrangeMixin:
-    """``log_alpha`` and SPEC 6: ``alpha_loss = -log_alpha (D_detached - target)``, ``distill = alpha_detached D``."""
-
-    def _build_log_alpha(self, dtype: torch.dtype) -> None:
-        cfg = self.config
-        if cfg.use_lagrange:
-            self.log_alpha = nn.Parameter(torch.tensor(math.log(cfg.alpha), dtype=dtype))
-        else:
-            self.log_alpha = None
-
-    def lagrange(self, divergence: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(distill_loss, alpha_loss, alpha) for the divergence D (a 0-d tensor with gradient)."""
-        cfg = self.config
-        if cfg.use_lagrange:
-            alpha = self.log_alpha.exp()
-            alpha_loss = -self.log_alpha * (divergence.detach() - cfg.target_divergence)
-            return alpha.detach() * divergence, alpha_loss, alpha.detach()
-        alpha = torch.tensor(cfg.alpha, dtype=divergence.dtype, device=divergence.device)
-        return alpha * divergence, torch.zeros_like(divergence), alpha

@@ -6,6 +6,9 @@ trace-normalised Fisher metric of the behaviour flow at the state, estimated fro
 ``g_k = v(s, x_k, t_f) / max(1 - t_f, eps)``:
 ``D = mean_b r^T F_n r / d``, ``F = mean_k g_k g_k^T + damping I``, ``F_n = F / max(tr F / d, eps)``.
 
+The whole loss reads top to bottom in :meth:`ResidualAgent.actor_loss
+<fisher_decorator.agents.residual.ResidualAgent.actor_loss>` (SPEC 2-8, shared with DeFlow) and
+:meth:`FiDecAgent.divergence` below (SPEC 4-5), plus the critic's loss (SPEC 1, ``FlowAgent.critic_loss``).
 The penalty is ``fisher_decorator.ops.fisher_penalty`` with ``penalty_backend`` from the config
 ("reference" materialises F as the authors do; "cpu"/"cuda"/"triton" are the fused matrix-free
 kernels; "auto" the fastest available).

@@ -7,12 +7,14 @@ best-of-n base actions by Q (then one refinement) and iterative refinement (keep
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+from torch import nn
 
-from fisher_decorator.agents.base import AgentConfig, Batch, FlowAgent, FlowNoise, Info, LagrangeMixin
+from fisher_decorator.agents.base import AgentConfig, Batch, FlowAgent, FlowNoise, Info
 from fisher_decorator.config import ConfigError, _positive, option
 from fisher_decorator.networks import StateActionMLP
 
@@ -35,7 +37,7 @@ class ResidualConfig(AgentConfig):
         _positive(self, "target_divergence", allow_zero=True)
 
 
-class ResidualAgent(LagrangeMixin, FlowAgent):
+class ResidualAgent(FlowAgent):
     """Behaviour flow + residual + critic; subclasses define the divergence in ``actor_loss``."""
 
     config_class: ClassVar[type] = ResidualConfig
@@ -51,7 +53,10 @@ class ResidualAgent(LagrangeMixin, FlowAgent):
             generator=generator,
             dtype=dtype,
         )
-        self._build_log_alpha(dtype)
+        # SPEC 6: the Lagrange multiplier alpha = exp(log_alpha), tuned by dual ascent (or a fixed alpha).
+        self.log_alpha = (
+            nn.Parameter(torch.tensor(math.log(cfg.alpha), dtype=dtype)) if cfg.use_lagrange else None
+        )
 
     def divergence(
         self, obs: torch.Tensor, residual: torch.Tensor, noise: FlowNoise, *, with_metrics: bool
@@ -59,22 +64,35 @@ class ResidualAgent(LagrangeMixin, FlowAgent):
         """D (0-d, with gradient to the residual only) and the metrics particular to it."""
         raise NotImplementedError
 
+    def lagrange(self, divergence: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """SPEC 6: (alpha_detached * D, alpha_loss = -log_alpha (D_detached - target), alpha); with a fixed
+        alpha: (alpha * D, 0, alpha)."""
+        cfg = self.config
+        if cfg.use_lagrange:
+            alpha = self.log_alpha.exp()
+            alpha_loss = -self.log_alpha * (divergence.detach() - cfg.target_divergence)
+            return alpha.detach() * divergence, alpha_loss, alpha.detach()
+        alpha = torch.tensor(cfg.alpha, dtype=divergence.dtype, device=divergence.device)
+        return alpha * divergence, torch.zeros_like(divergence), alpha
+
     def actor_loss(
         self, batch: Batch, noise: FlowNoise, *, with_metrics: bool = True
     ) -> tuple[torch.Tensor, Info]:
-        """SPEC 2-8: bc_flow_loss + alpha * D + q_loss (+ alpha_loss), D the subclass's :meth:`divergence`."""
+        """The actor part of SPEC 8 for DeFlow and FiDec; only the divergence D differs (:meth:`divergence`)."""
         obs, actions = batch["observations"], batch["actions"]
-        bc_flow_loss = self.flow_matching_loss(batch, noise)
-        base_actions = self.flow_actions(obs, noise.base)
-        residual = self.residual(obs, base_actions)
-        divergence, divergence_info = self.divergence(obs, residual, noise, with_metrics=with_metrics)
-        distill_loss, alpha_loss, alpha = self.lagrange(divergence)
-        q_loss, q = self.q_loss(obs, (base_actions + residual).clamp(-1.0, 1.0))
-        actor_loss = bc_flow_loss + distill_loss + q_loss + alpha_loss
+        bc_flow_loss = self.flow_matching_loss(batch, noise)  # SPEC 2
+        base_actions = self.flow_actions(obs, noise.base)  # SPEC 3: a_b = euler(s, z), no gradient
+        residual = self.residual(obs, base_actions)  # SPEC 3: r = r_phi(s, a_b)
+        divergence, divergence_info = self.divergence(
+            obs, residual, noise, with_metrics=with_metrics
+        )  # SPEC 4-5
+        weighted_divergence, alpha_loss, alpha = self.lagrange(divergence)  # SPEC 6
+        q_loss, q = self.q_loss(obs, (base_actions + residual).clamp(-1.0, 1.0))  # SPEC 7
+        actor_loss = bc_flow_loss + weighted_divergence + q_loss + alpha_loss  # SPEC 8, less the critic's
         info = {
             "actor_loss": actor_loss.detach(),
             "bc_flow_loss": bc_flow_loss.detach(),
-            "distill_loss": divergence.detach(),
+            "distill_loss": divergence.detach(),  # the authors' name for D itself (not alpha * D)
             "q_loss": q_loss.detach(),
             "q": q.detach().mean(),
             "alpha_loss": alpha_loss.detach(),

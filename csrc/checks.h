@@ -2,6 +2,8 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <cmath>
+
 namespace fidec {
 
 inline at::ScalarType acc_type_of(at::ScalarType t) {
@@ -36,10 +38,18 @@ inline void check_fisher_penalty_fwd_args(const at::Tensor& velocity, const at::
               "'tweedie', got '", score, "'");
 }
 
+// Options: finite (inf damping or eps would give NaN everywhere), damping >= 0, the eps > 0.
+inline void check_fisher_penalty_options(const char* op, double damping, double score_eps, double trace_eps) {
+  TORCH_CHECK(std::isfinite(damping) && damping >= 0, op, ": damping must be finite and >= 0, got ", damping);
+  TORCH_CHECK(std::isfinite(score_eps) && score_eps > 0, op, ": score_eps must be finite and > 0, got ", score_eps);
+  TORCH_CHECK(std::isfinite(trace_eps) && trace_eps > 0, op, ": trace_eps must be finite and > 0, got ", trace_eps);
+}
+
 inline void check_fisher_penalty_bwd_args(const at::Tensor& grad_penalty, const at::Tensor& scores,
                                           const at::Tensor& residual, const at::Tensor& trace_per_dim) {
   TORCH_CHECK(scores.dim() == 3, "fisher_penalty_bwd: scores must be [B, K, d], got ", scores.sizes());
   const auto B = scores.size(0), D = scores.size(2);
+  TORCH_CHECK(scores.size(1) > 0, "fisher_penalty_bwd: scores must have K >= 1 samples per state, got K=0");
   TORCH_CHECK(residual.dim() == 2 && residual.size(0) == B && residual.size(1) == D,
               "fisher_penalty_bwd: residual must be [B, d] = [", B, ", ", D, "], got ", residual.sizes());
   TORCH_CHECK(grad_penalty.numel() == B && trace_per_dim.numel() == B,

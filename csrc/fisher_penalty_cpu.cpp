@@ -16,6 +16,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fisher_penalty_fwd_cpu(
     const at::Tensor& velocity_, const at::Tensor& x_t_, const at::Tensor& t_, const at::Tensor& residual_,
     c10::string_view score, double damping, double score_eps, double trace_eps) {
   check_fisher_penalty_fwd_args(velocity_, x_t_, t_, residual_, score);
+  check_fisher_penalty_options("fisher_penalty", damping, score_eps, trace_eps);
   const auto velocity = velocity_.contiguous(), x_t = x_t_.contiguous(), t = t_.contiguous(),
              residual = residual_.contiguous();
   const int64_t B = velocity.size(0), K = velocity.size(1), D = velocity.size(2);
@@ -49,6 +50,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fisher_penalty_fwd_cpu(
 at::Tensor fisher_penalty_bwd_cpu(const at::Tensor& grad_penalty_, const at::Tensor& scores_,
                                   const at::Tensor& residual_, const at::Tensor& trace_per_dim_, double damping) {
   check_fisher_penalty_bwd_args(grad_penalty_, scores_, residual_, trace_per_dim_);
+  check_fisher_penalty_options("fisher_penalty_bwd", damping, 1.0, 1.0);
   const auto scores = scores_.contiguous(), residual = residual_.contiguous();
   const auto acc_type = scores.scalar_type();
   const auto grad_penalty = grad_penalty_.to(acc_type).contiguous().reshape({-1});

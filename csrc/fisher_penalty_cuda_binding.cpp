@@ -19,6 +19,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fisher_penalty_fwd_cuda(
     const at::Tensor& velocity_, const at::Tensor& x_t_, const at::Tensor& t_, const at::Tensor& residual_,
     c10::string_view score, double damping, double score_eps, double trace_eps) {
   check_fisher_penalty_fwd_args(velocity_, x_t_, t_, residual_, score);
+  check_fisher_penalty_options("fisher_penalty", damping, score_eps, trace_eps);
   c10::DeviceGuard guard(velocity_.device());
   const auto velocity = velocity_.contiguous(), x_t = x_t_.contiguous(), t = t_.contiguous(),
              residual = residual_.contiguous();
@@ -40,6 +41,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fisher_penalty_fwd_cuda(
 at::Tensor fisher_penalty_bwd_cuda(const at::Tensor& grad_penalty_, const at::Tensor& scores_,
                                    const at::Tensor& residual_, const at::Tensor& trace_per_dim_, double damping) {
   check_fisher_penalty_bwd_args(grad_penalty_, scores_, residual_, trace_per_dim_);
+  check_fisher_penalty_options("fisher_penalty_bwd", damping, 1.0, 1.0);
   c10::DeviceGuard guard(scores_.device());
   const auto scores = scores_.contiguous(), residual = residual_.contiguous();
   const auto grad_penalty = grad_penalty_.to(scores.scalar_type()).contiguous();

@@ -16,7 +16,7 @@ namespace fidec {
 template <typename acc_t>
 FIDEC_HD acc_t score_time_factor(acc_t t, acc_t eps) {
   const acc_t den = acc_t(1) - t;
-  return acc_t(1) / (den > eps ? den : eps);
+  return acc_t(1) / (den < eps ? eps : den);  // written so a NaN t propagates, as torch.clamp does
 }
 
 // g = v / max(1-t, eps) ("velocity") or (t v - x) / max(1-t, eps) ("tweedie").
@@ -29,7 +29,7 @@ FIDEC_HD acc_t score_value(acc_t v, acc_t x, acc_t t, acc_t factor, bool tweedie
 template <typename acc_t>
 FIDEC_HD acc_t fisher_trace_per_dim(acc_t sum_g_sq, int64_t K, int64_t D, acc_t damping, acc_t trace_eps) {
   const acc_t tr = (sum_g_sq / acc_t(K) + damping * acc_t(D)) / acc_t(D);
-  return tr > trace_eps ? tr : trace_eps;
+  return tr < trace_eps ? trace_eps : tr;  // a NaN trace propagates, as torch.clamp does
 }
 
 // r^T (F / c) r / d with r^T F r = mean_k (g_k . r)^2 + damping ||r||^2.

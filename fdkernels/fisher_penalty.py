@@ -147,7 +147,7 @@ def _fisher_penalty_fwd_kernel(
         off = (rows[:, None] * K + k) * D + cols[None, :]
         v = tl.load(v_ptr + off, mask=m2, other=0.0).to(ACC)
         t = tl.load(t_ptr + rows * K + k, mask=rmask, other=0.0).to(ACC)
-        inv = 1.0 / tl.maximum(1.0 - t, score_eps)
+        inv = 1.0 / tl.maximum(1.0 - t, score_eps, propagate_nan=tl.PropagateNan.ALL)
         if TWEEDIE:
             x = tl.load(x_ptr + off, mask=m2, other=0.0).to(ACC)
             g = (t[:, None] * v - x) * inv[:, None]
@@ -158,7 +158,7 @@ def _fisher_penalty_fwd_kernel(
         dot_sq += dot * dot
         g_sq += tl.sum(g * g, axis=1)
     r_sq = tl.sum(r * r, axis=1)
-    trace = tl.maximum((g_sq / K + damping * D) / D, trace_eps)
+    trace = tl.maximum((g_sq / K + damping * D) / D, trace_eps, propagate_nan=tl.PropagateNan.ALL)
     pen = (dot_sq / K + damping * r_sq) / (trace * D)
     tl.store(pen_ptr + rows, pen, mask=rmask)
     tl.store(trace_ptr + rows, trace, mask=rmask)

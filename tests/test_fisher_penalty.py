@@ -383,11 +383,55 @@ def _err_cases():
         ("d = 0", (v[..., :0], x[..., :0], t, r[:, :0]), {}),
         ("score must be one of", (v, x, t, r), {"score": "exact"}),
         ("backend must be one of", (v, x, t, r), {"backend": "fast"}),
-        ("damping must be >= 0", (v, x, t, r), {"damping": -1.0}),
-        ("score_eps must be > 0", (v, x, t, r), {"score_eps": 0.0}),
+        ("damping must be finite and >= 0", (v, x, t, r), {"damping": -1.0}),
+        ("damping must be finite and >= 0", (v, x, t, r), {"damping": float("inf")}),
+        ("damping must be finite and >= 0", (v, x, t, r), {"damping": float("nan")}),
+        ("score_eps must be finite and > 0", (v, x, t, r), {"score_eps": 0.0}),
+        ("score_eps must be finite and > 0", (v, x, t, r), {"score_eps": float("inf")}),
+        ("trace_eps must be finite and > 0", (v, x, t, r), {"trace_eps": float("nan")}),
         ("x_t is on meta", (v, x.to("meta"), t, r), {}),
         ("residual is on meta", (v, x, t, r.to("meta")), {}),
     ]
+
+
+@pytest.mark.parametrize("backend", _edge_backends())
+@pytest.mark.parametrize("where", ["t", "velocity", "x_t", "residual"])
+def test_non_finite_input_propagates_like_the_reference(backend, where):
+    """A NaN or inf in any input gives NaN/inf where the reference gives it, never a finite stand-in (the
+    clamps 1 / max(1 - t, eps) and max(trace, trace_eps) must not swallow a NaN)."""
+    v, x, t, r = make_inputs(4, 3, 5, t_kind="BK")
+    for bad in (float("nan"), float("inf")):
+        args = {"velocity": v.clone(), "x_t": x.clone(), "t": t.clone(), "residual": r.clone()}
+        args[where].view(-1)[1] = bad
+        want, want_tr = fisher_penalty(*args.values(), score="tweedie", backend="reference")
+        got, got_tr = fisher_penalty(*args.values(), score="tweedie", backend=backend)
+        bounds = rounding_bounds(*args.values(), dtype=torch.float64, score="tweedie")
+        for a, e, b in ((got, want, bounds[0]), (got_tr, want_tr, bounds[1])):
+            # Non-finite where the reference is; an inf residual may give inf (matrix-free: a sum of squares)
+            # where the reference's d x d form gives NaN (inf - inf), so NaN must match only for a NaN input.
+            same = torch.equal(torch.isfinite(a), torch.isfinite(e))
+            if bad != bad:
+                same = same and torch.equal(torch.isnan(a), torch.isnan(e))
+            assert same, f"{where}={bad}: {backend} gives {a.tolist()}, the reference {e.tolist()}"
+            fin = torch.isfinite(e)
+            assert_within(a[fin], e[fin], 2 * b[fin], f"{where}={bad} finite rows")
+        assert not torch.isfinite(want).all(), f"{where}={bad} should reach the penalty"
+
+
+@needs_ext
+def test_raw_ops_reject_bad_options_and_empty_samples():
+    v, x, t, r = make_inputs(2, 3, 4, t_kind="BK")
+    fwd, bwd = torch.ops.fidec.fisher_penalty_fwd, torch.ops.fidec.fisher_penalty_bwd
+    for kw in ({"damping": float("inf")}, {"damping": -1.0}, {"score_eps": 0.0}, {"trace_eps": float("nan")}):
+        opts = {"damping": 1e-3, "score_eps": 1e-6, "trace_eps": 1e-6, **kw}
+        name = next(iter(kw))
+        with pytest.raises(RuntimeError, match=f"{name} must be finite"):
+            fwd(v, x, t, r, "velocity", opts["damping"], opts["score_eps"], opts["trace_eps"])
+    pen, trace, scores = fwd(v, x, t, r, "velocity", 1e-3, 1e-6, 1e-6)
+    with pytest.raises(RuntimeError, match="K >= 1"):
+        bwd(torch.ones_like(pen), scores[:, :0], r, trace, 1e-3)
+    with pytest.raises(RuntimeError, match="damping must be finite"):
+        bwd(torch.ones_like(pen), scores, r, trace, float("inf"))
 
 
 @pytest.mark.parametrize("msg,args,kw", _err_cases(), ids=lambda c: c if isinstance(c, str) else "")

@@ -64,8 +64,8 @@ def _check_scores_args(velocity, x_t, t, score: str, eps_name: str, eps: float) 
         raise TypeError(f"t must be a float or a tensor, got {type(t).__name__}")
     if score not in SCORE_KINDS:
         raise ValueError(f"score must be one of {SCORE_KINDS}, got {score!r}")
-    if not eps > 0:
-        raise ValueError(f"{eps_name} must be > 0, got {eps}")
+    if not (math.isfinite(eps) and eps > 0):
+        raise ValueError(f"{eps_name} must be finite and > 0, got {eps}")
     return B, K, d
 
 
@@ -147,10 +147,10 @@ def fisher_penalty(
         raise TypeError(f"residual must have velocity's dtype {velocity.dtype}, got {residual.dtype}")
     if residual.device != velocity.device:
         raise ValueError(f"residual is on {residual.device} but velocity is on {velocity.device}")
-    if not damping >= 0:
-        raise ValueError(f"damping must be >= 0, got {damping}")
-    if not trace_eps > 0:
-        raise ValueError(f"trace_eps must be > 0, got {trace_eps}")
+    if not (math.isfinite(damping) and damping >= 0):
+        raise ValueError(f"damping must be finite and >= 0, got {damping}")
+    if not (math.isfinite(trace_eps) and trace_eps > 0):
+        raise ValueError(f"trace_eps must be finite and > 0, got {trace_eps}")
 
     name = resolve_backend(backend, velocity.device)
     if name == "reference":

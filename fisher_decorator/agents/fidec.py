@@ -24,7 +24,8 @@ import torch
 from fisher_decorator.agents.base import FlowNoise, Info
 from fisher_decorator.agents.residual import ResidualAgent, ResidualConfig
 from fisher_decorator.config import ConfigError, _positive, option
-from fisher_decorator.ops import BACKENDS, fisher_penalty, fisher_quadratic_jacobian, flow_score
+from fisher_decorator.ops import BACKENDS
+from fisher_decorator.ops.fisher_options import FisherOptions
 
 SCORES = ("velocity", "tweedie")
 ESTIMATORS = ("score", "jacobian")
@@ -92,6 +93,18 @@ class FiDecAgent(ResidualAgent):
     noise_class: ClassVar[type] = FiDecNoise
     q_norm_eps: ClassVar[float | None] = 1e-6
 
+    def _build_actor(self, generator: torch.Generator, dtype: torch.dtype) -> None:
+        super()._build_actor(generator, dtype)
+        cfg = self.config
+        # The penalty ops' options (SPEC 4-5), one object for the three ops (built here, outside any traced code).
+        self.fisher_options = FisherOptions(
+            score=cfg.fisher_score,
+            damping=cfg.fisher_damping,
+            score_eps=cfg.fisher_score_eps,
+            trace_eps=cfg.fisher_trace_eps,
+            backend=cfg.penalty_backend,
+        )
+
     def _extra_noise(self, g: torch.Generator, batch_size: int) -> dict[str, torch.Tensor]:
         cfg = self.config
         B, K, d = batch_size, cfg.num_fisher_samples, self.action_dim
@@ -120,39 +133,17 @@ class FiDecAgent(ResidualAgent):
         self, obs: torch.Tensor, residual: torch.Tensor, noise: FiDecNoise, *, with_metrics: bool
     ) -> tuple[torch.Tensor, Info]:
         """D = mean_b r^T F_n r / d, F_n the trace-normalised Fisher metric of the flow at the state."""
-        cfg = self.config
+        cfg, fisher = self.config, self.fisher_options
         d = self.action_dim
         velocity, x_t = self.fisher_samples(obs, noise)
-        penalty, trace_per_dim = fisher_penalty(
-            velocity,
-            x_t,
-            noise.fisher_t,
-            residual,
-            score=cfg.fisher_score,
-            damping=cfg.fisher_damping,
-            score_eps=cfg.fisher_score_eps,
-            trace_eps=cfg.fisher_trace_eps,
-            backend=cfg.penalty_backend,
-        )
+        penalty, trace_per_dim = fisher.penalty(velocity, x_t, noise.fisher_t, residual)
         if cfg.fisher_estimator == "jacobian":
-            quad = fisher_quadratic_jacobian(
-                self.velocity_field,
-                obs,
-                x_t,
-                noise.fisher_t,
-                residual,
-                score=cfg.fisher_score,
-                damping=cfg.fisher_damping,
-                score_eps=cfg.fisher_score_eps,
-                backend=cfg.penalty_backend,
-            )
+            quad = fisher.quadratic_jacobian(self.velocity_field, obs, x_t, noise.fisher_t, residual)
             penalty = quad / (trace_per_dim * d)
         info = {}
         if with_metrics:
             with torch.no_grad():
-                scores = flow_score(
-                    velocity, x_t, noise.fisher_t, kind=cfg.fisher_score, eps=cfg.fisher_score_eps
-                )
+                scores = fisher.scores(velocity, x_t, noise.fisher_t)
                 raw_trace_per_dim = (scores.square().sum(-1).mean(1) + cfg.fisher_damping * d) / d
                 info["fisher_quad_mean"] = (penalty.detach() * d).mean()
                 info["fisher_trace_per_dim_mean"] = trace_per_dim.detach().mean()

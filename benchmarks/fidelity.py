@@ -173,6 +173,33 @@ def fmt(x: float) -> str:
     return f"{x:.3g}" if 1e-3 <= abs(x) < 1e4 else f"{x:.2e}"
 
 
+# The metrics of the README table (the issue's list); the JSON has every shared metric.
+KEY_METRICS = (
+    "evaluation/success",
+    "evaluation/episode.return",
+    "critic/critic_loss",
+    "critic/q_mean",
+    "actor/q",
+    "actor/bc_flow_loss",
+    "actor/distill_loss",
+    "actor/alpha_value",
+    "actor/fisher_quad_mean",
+    "actor/mse",
+    "validation/critic/critic_loss",
+    "validation/actor/bc_flow_loss",
+    "validation/actor/distill_loss",
+    "validation/actor/fisher_quad_mean",
+)
+
+
+def outside_summary(table: list[dict]) -> str:
+    """How many (metric, checkpoint) pairs are within spread, and which are not."""
+    out = [f"`{r['metric']}`@{r['step']}" for r in table if not r["within"]]
+    metrics = len({r["metric"] for r in table})
+    head = f"{len(table) - len(out)} of {len(table)} (metric, checkpoint) pairs of the {metrics} shared metrics are within spread"
+    return head + (f"; outside: {', '.join(out)}." if out else ".")
+
+
 def markdown_table(table: list[dict]) -> str:
     lines = [
         "| metric | step | ours mean ± std | theirs mean ± std | diff | t·SE | within spread |",
@@ -408,7 +435,7 @@ def plot(runs: list[dict], agent: str, title: str, path: pathlib.Path) -> None:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / rows / 2.5))
     fig.savefig(path, dpi=80)
     plt.close(fig)
 
@@ -557,7 +584,7 @@ def main(argv=None) -> int:
             print(f"figure written to {fig}")
     body = [
         f"Task `{args.task}`, {args.steps} steps, seeds {args.seeds}, on {env['device_name']} "
-        f"({env.get('torch_threads')} threads), commit {env['commit']}, {env['date']}.",
+        f"({os.cpu_count()} cores), report made at commit {env['commit']}, {env['date']}.",
         f"Overrides on both sides: `{' '.join(f'{k}={v}' for k, v in sets.items()) or 'none'}`. {args.budget_note}",
         f"Rows: `results/{path.name}`. Checkpoint values: per seed, the mean of the log rows in the last "
         f"{window} steps before the checkpoint (evaluation metrics: the evaluation at the checkpoint); "
@@ -566,7 +593,9 @@ def main(argv=None) -> int:
     for agent in compared:
         if agent in figs:
             body += ["", f"#### {agent}", "", f"![{agent} fidelity](results/{figs[agent].name})", ""]
-            body.append(markdown_table(tables[agent]))
+            key = sorted((r for r in tables[agent] if r["metric"] in KEY_METRICS),
+                         key=lambda r: (KEY_METRICS.index(r["metric"]), r["step"]))  # fmt: skip
+            body += [markdown_table(key), "", outside_summary(tables[agent])]
     body += ["", "Wall-clock per run (each side's whole `main.py` / `fidec train`, JIT/compile and evaluations "
              "included):", "", wall_table(rows)]  # fmt: skip
     text = "\n".join(body)

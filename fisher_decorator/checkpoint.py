@@ -1,4 +1,4 @@
-"""Atomic files: write to a temporary file in the same directory, fsync, rename over the target.
+"""Checkpoints: written atomically (fisher_decorator.atomic), read safely.
 
 A run killed at any moment leaves either the previous complete file or the new complete one (and,
 after a SIGKILL, a ``.<name>.tmp<pid>`` file, which :func:`remove_stale_temporaries` clears at the
@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
-import json
 import os
 import pickle
 import re
@@ -21,38 +20,22 @@ from typing import Any
 
 import torch
 
-_TMP_RE = re.compile(r"^\.(?P<name>.+)\.tmp(?P<pid>\d+)$")
+from fisher_decorator.atomic import TMP_RE as _TMP_RE
+from fisher_decorator.atomic import atomic_write, fsync_dir, write_json
+
+__all__ = [
+    "CheckpointError",
+    "atomic_write",
+    "fsync_dir",
+    "load_checkpoint",
+    "remove_stale_temporaries",
+    "save_checkpoint",
+    "write_json",
+]
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read: truncated, empty, not a checkpoint, or holding code."""
-
-
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):  # not every file system lets a directory be opened
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb"):
-    """``with atomic_write(p) as f: ...`` -> p appears complete or not at all."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -128,9 +111,3 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: cannot read checkpoint: holds a {type(state).__name__}, not a dict")
     return state
-
-
-def write_json(path: str | os.PathLike, data: Any) -> None:
-    with atomic_write(path, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=False, default=str)
-        f.write("\n")

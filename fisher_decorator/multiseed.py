@@ -53,7 +53,7 @@ from torch.func import functional_call, grad, vmap
 
 from fisher_decorator.agents.base import BATCH_KEYS, Batch, FlowAgent, Info
 from fisher_decorator.agents.step import apply_step, clip_gradients_
-from fisher_decorator.checkpoint import _fsync_dir, save_checkpoint, write_json
+from fisher_decorator.checkpoint import fsync_dir, save_checkpoint, write_json
 from fisher_decorator.config import ConfigError, TrainConfig, to_dict, validate
 from fisher_decorator.networks import MLP
 from fisher_decorator.ops import stacked_euler_rollout
@@ -368,7 +368,7 @@ def _recover_checkpoints(root: Path, seeds: Sequence[int], committed: int | None
                 continue
             if committed is not None and int(m.group(1)) == committed:
                 os.replace(path, directory / CHECKPOINT)
-                _fsync_dir(directory)
+                fsync_dir(directory)
             else:
                 path.unlink()
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from fisher_decorator import checkpoint
+from fisher_decorator import atomic
 from fisher_decorator.sweep.grid import RunSpec, SweepDefinition, resolve_run
 from fisher_decorator.sweep.manifest import Manifest, ManifestError, SweepLock
 from fisher_decorator.sweep.runner import _reconcile
@@ -44,20 +44,20 @@ def test_writes_are_atomic_and_synced(tmp_path, monkeypatch):
     m.add([A])
     before = (tmp_path / "manifest.json").read_text()
     synced = []
-    real_fsync = checkpoint.os.fsync
-    monkeypatch.setattr(checkpoint.os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    real_fsync = atomic.os.fsync
+    monkeypatch.setattr(atomic.os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
 
     def half_written(obj, f, **kw):
         f.write('{"format": 1, "runs": {')
         raise OSError("disk full")
 
-    monkeypatch.setattr(checkpoint.json, "dump", half_written)
+    monkeypatch.setattr(atomic.json, "dump", half_written)
     with pytest.raises(OSError, match="disk full"):
         m.set_state(A.run_id, "running")
     assert (tmp_path / "manifest.json").read_text() == before  # the previous manifest, whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"]  # no temporary left
     monkeypatch.undo()
-    monkeypatch.setattr(checkpoint.os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    monkeypatch.setattr(atomic.os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
     m.set_state(A.run_id, "running")
     assert synced  # the file (and its directory) reach the disk before the rename counts
     assert Manifest.open(tmp_path)[A.run_id]["state"] == "running"

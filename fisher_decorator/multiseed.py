@@ -495,6 +495,7 @@ class MultiSeedTrainer:
                 raise RuntimeError(f"the seeds' checkpoints are at different steps {sorted(steps)}")
             self.step = steps.pop()
             self.stacked = StackedAgents([t.agent for t in self.trainers])
+            schedule = first.schedule  # every seed's run shares the step config
             if not self.resume:
                 self._write_meta()
             bar = tqdm(
@@ -509,15 +510,15 @@ class MultiSeedTrainer:
             while self.step < cfg.steps:
                 t0 = time.perf_counter()
                 step = self.step + 1
-                with_metrics = first._metrics_due(step)
+                with_metrics = schedule.metrics(step)
                 batches = [t.batches.next() for t in self.trainers]
                 info = self.stacked.update(batches, with_metrics=with_metrics)
                 rows: list[dict[str, float] | None] = [None] * len(self.seeds)
                 if with_metrics:
                     rows = [_floats(i) for i in unstack_info(info)]
                 dt = time.perf_counter() - t0
-                save = first._save_due(step)
-                if save or first._eval_due(step) or (with_metrics and first.val_sampler is not None):
+                save = schedule.save(step)
+                if save or schedule.evaluate(step) or (with_metrics and first.val_sampler is not None):
                     self.stacked.sync_to_agents(optimizer=save)
                 self.step = step
                 for t, row in zip(self.trainers, rows):

@@ -22,6 +22,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -244,6 +245,26 @@ def _floats(info: dict[str, torch.Tensor]) -> dict[str, float]:
     return dict(zip(keys, values))
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """The steps (1-based, after the update) at which a run logs metrics, evaluates and saves, from its
+    TrainConfig's intervals; the last step does all three (evaluation only if eval_interval > 0)."""
+
+    cfg: TrainConfig
+
+    def metrics(self, step: int) -> bool:
+        return step % self.cfg.log_interval == 0 or step == self.cfg.steps
+
+    def evaluate(self, step: int) -> bool:
+        cfg = self.cfg
+        if cfg.eval_interval <= 0:
+            return False
+        return step % cfg.eval_interval == 0 or step == cfg.steps or (cfg.eval_at_start and step == 1)
+
+    def save(self, step: int) -> bool:
+        return step % self.cfg.save_interval == 0 or step == self.cfg.steps
+
+
 class Trainer:
     """One run of one agent on one task. ``Trainer(...).run()`` returns the summary dict.
 
@@ -445,17 +466,10 @@ class Trainer:
             save_videos(videos, self.run_dir / "videos", self.step)
         return row
 
-    def _eval_due(self, step: int) -> bool:
-        cfg = self.cfg
-        if cfg.eval_interval <= 0:
-            return False
-        return step % cfg.eval_interval == 0 or step == cfg.steps or (cfg.eval_at_start and step == 1)
-
-    def _metrics_due(self, step: int) -> bool:
-        return step % self.cfg.log_interval == 0 or step == self.cfg.steps
-
-    def _save_due(self, step: int) -> bool:
-        return step % self.cfg.save_interval == 0 or step == self.cfg.steps
+    @property
+    def schedule(self) -> Schedule:
+        """Which steps log, evaluate and save (what a multi-seed driver follows too)."""
+        return Schedule(self.cfg)
 
     # ------------------------------------------------------------------ run
     def run(self) -> dict[str, Any]:
@@ -464,7 +478,7 @@ class Trainer:
             while self.step < self.cfg.steps:
                 t0 = time.perf_counter()
                 step = self.step + 1
-                with_metrics = self._metrics_due(step)
+                with_metrics = self.schedule.metrics(step)
                 batch = self.batches.next()
                 info = self.agent.update(batch, with_metrics=with_metrics)
                 row = _floats(info) if with_metrics else None
@@ -557,7 +571,7 @@ class Trainer:
                 self.wandb.log(row, step)
             self._postfix.update(critic=f"{row['critic/critic_loss']:.3g}", q=f"{row['actor/q']:.3g}")
             self.bar.set_postfix(self._postfix, refresh=False)
-        if self._eval_due(step):
+        if self.schedule.evaluate(step):
             erow = self.evaluate()
             self.eval_history.append({"step": step, **erow})
             self.eval_log.log(erow, step)
@@ -566,7 +580,7 @@ class Trainer:
             if self.wandb is not None:
                 self.wandb.log(erow, step)
             self.bar.set_postfix(success=f"{erow.get('evaluation/success', float('nan')):.3f}", refresh=False)
-        if self._save_due(step):
+        if self.schedule.save(step):
             self.save()
             if tb:
                 tb.flush()

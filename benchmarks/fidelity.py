@@ -472,6 +472,7 @@ def main(argv=None) -> int:
     p.add_argument("--dry-run", action="store_true", help="print the translation and commands, run nothing")
     p.add_argument("--report-only", action="store_true", help="no training: rows, figure, table from --out")
     p.add_argument("--no-readme", action="store_true", help="do not touch benchmarks/README.md")
+    p.add_argument("--tag", default="", help="suffix of the result file names (a second budget of one task)")
     args = p.parse_args(argv)
 
     from benchmarks.common import machine, machine_slug
@@ -570,13 +571,14 @@ def main(argv=None) -> int:
         "table": tables,
         "rows": rows,
     }
-    path = RESULTS / f"fidelity_{args.task}_{slug}.json"
+    name = f"{args.task}_{args.tag}" if args.tag else args.task
+    path = RESULTS / f"fidelity_{name}_{slug}.json"
     path.write_text(json.dumps(result, indent=1, default=str))
     print(f"rows written to {path}")
     figs = {}
     for agent in compared:
         if any(r["case"]["agent"] == agent for r in rows):
-            fig = RESULTS / f"fidelity_{args.task}_{agent}_{slug}.png"
+            fig = RESULTS / f"fidelity_{name}_{agent}_{slug}.png"
             plot(
                 rows, agent, f"{agent} on {args.task}: ours vs the authors' JAX (mean ± std over seeds)", fig
             )

@@ -78,6 +78,10 @@ def test_checkpoint_table_shared_metrics_only():
     md = fd.markdown_table(table)
     assert "| critic/critic_loss | 200 | 2.5 ± 1 (n=3) | 11.5 ± 1 (n=3) | -9 |" in md
     assert "**no**" in md and "| yes |" in md
+    assert fd.outside_summary(table) == (
+        "1 of 2 (metric, checkpoint) pairs of the 2 shared metrics are within spread; "
+        "outside: `critic/critic_loss`@200."
+    )
 
 
 def test_read_csv_their_prefix_and_gaps(tmp_path):

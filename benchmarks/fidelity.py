@@ -79,6 +79,24 @@ THEIR_CONFIG = (
     "import importlib; m = importlib.import_module(sys.argv[2]);"
     "print(json.dumps(m.get_config().to_dict(), default=str))"
 )
+# Their agents at initialization: the metrics of total_loss on one batch for seeds 0..n-1.
+THEIR_INIT = """
+import json, sys, importlib, numpy as np
+sys.path.insert(0, sys.argv[1])
+m = importlib.import_module(sys.argv[2])
+Agent = getattr(m, sys.argv[3])
+cfg = m.get_config()
+for k, v in json.loads(sys.argv[4]).items():
+    cfg[k] = tuple(v) if isinstance(v, list) else v
+batch = dict(np.load(sys.argv[5]))
+out = []
+for s in range(int(sys.argv[6])):
+    agent = Agent.create(s, batch["observations"][:1], batch["actions"][:1], cfg)
+    _, info = agent.total_loss(batch, grad_params=None)
+    out.append({k: float(v) for k, v in info.items()})
+print(json.dumps(out))
+"""
+THEIR_CLASSES = {"fidec": "FiDecAgent", "deflow": "DeFlowAgent"}
 
 
 # ---------------------------------------------------------------------- statistics (pure, tested)
@@ -190,6 +208,9 @@ KEY_METRICS = (
     "validation/actor/distill_loss",
     "validation/actor/fisher_quad_mean",
 )
+
+
+INIT_EXTRA = ("actor/refinement_mse", "critic/q_min", "critic/q_max")
 
 
 def outside_summary(table: list[dict]) -> str:
@@ -397,6 +418,52 @@ def last_step(run: dict) -> int:
     return max((int(s) for series in run["train"].values() for s, _ in series), default=0)
 
 
+def init_check(args, agent: str, agent_cfg, passed: dict, n: int, workdir: pathlib.Path) -> list[dict]:
+    """Both sides' untrained agents, seeds 0..n-1, on one batch of the training data: compare() per metric.
+
+    Separates a difference of initialisation (weights, their scale) from one of training dynamics.
+    """
+    import numpy as np
+    import torch
+
+    from fisher_decorator.agents import make_agent
+    from fisher_decorator.envs import make_task
+
+    train = make_task(args.task, dataset_dir=args.dataset_dir).load_data().train
+    idx = np.random.default_rng(12345).integers(0, len(train["observations"]), 256)
+    keys = ("observations", "actions", "rewards", "masks", "next_observations")
+    batch = {k: np.asarray(train[k])[idx].astype(np.float32) for k in keys}
+    batch["actions"] = np.clip(batch["actions"], -1 + 1e-5, 1 - 1e-5)  # both sides' action_clip_eps
+    workdir.mkdir(parents=True, exist_ok=True)
+    np.savez(workdir / "init_batch.npz", **batch)
+    tb = {k: torch.from_numpy(v) for k, v in batch.items()}
+    ours = []
+    for seed in range(n):
+        a = make_agent(
+            agent,
+            batch["observations"].shape[1],
+            batch["actions"].shape[1],
+            agent_cfg,
+            seed=seed,
+            device="cpu",
+        )
+        noise = a.sample_noise(256, generator=torch.Generator().manual_seed(10**6 + seed))
+        with torch.no_grad():
+            _, info = a.total_loss(tb, noise, with_metrics=True)
+        ours.append({k: float(v) for k, v in info.items()})
+    module = THEIR_AGENTS[agent].removesuffix(".py").replace("/", ".")
+    cmd = [args.jax_python, "-c", THEIR_INIT, os.path.abspath(args.authors_repo), module, THEIR_CLASSES[agent],
+           json.dumps(passed, default=list), str(workdir / "init_batch.npz"), str(n)]  # fmt: skip
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, check=False, env={**os.environ, "JAX_PLATFORMS": "cpu"}
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"the authors' init check failed:\n{proc.stderr[-2000:]}")
+    theirs = json.loads(proc.stdout.strip().splitlines()[-1])
+    shared = sorted(set(ours[0]) & set(theirs[0]))
+    return [{"metric": k, "step": 0, **compare([o[k] for o in ours], [t[k] for t in theirs])} for k in shared]
+
+
 # ---------------------------------------------------------------------- figure and README
 def plot(runs: list[dict], agent: str, title: str, path: pathlib.Path) -> None:
     import matplotlib
@@ -472,6 +539,7 @@ def main(argv=None) -> int:
     p.add_argument("--dry-run", action="store_true", help="print the translation and commands, run nothing")
     p.add_argument("--report-only", action="store_true", help="no training: rows, figure, table from --out")
     p.add_argument("--no-readme", action="store_true", help="do not touch benchmarks/README.md")
+    p.add_argument("--init-seeds", type=int, default=0, help="also compare the untrained agents over N seeds")
     p.add_argument("--tag", default="", help="suffix of the result file names (a second budget of one task)")
     args = p.parse_args(argv)
 
@@ -557,6 +625,20 @@ def main(argv=None) -> int:
     window = args.window if args.window is not None else (eval_every or args.steps)
     RESULTS.mkdir(parents=True, exist_ok=True)
     tables = {a: checkpoint_table(rows, a, checkpoints, window) for a in compared}
+    inits = {}
+    if args.init_seeds and args.jax_python and args.authors_repo:
+        for a in compared:
+            train_cfg, agent_cfg, _ = resolve_configs(
+                args.task, a, flags={"steps": args.steps}, overrides=sets
+            )
+            inits[a] = init_check(
+                args,
+                a,
+                agent_cfg,
+                plans[a]["translation"]["passed_as_flags"],
+                args.init_seeds,
+                out / "init" / a,
+            )
     result = {
         "machine": env,
         "task": args.task,
@@ -569,6 +651,7 @@ def main(argv=None) -> int:
         "plans": plans,
         "command": " ".join(["python -m benchmarks.fidelity", *sys.argv[1:]]) if argv is None else None,
         "table": tables,
+        "init_check": inits,
         "rows": rows,
     }
     name = f"{args.task}_{args.tag}" if args.tag else args.task
@@ -598,6 +681,11 @@ def main(argv=None) -> int:
             key = sorted((r for r in tables[agent] if r["metric"] in KEY_METRICS),
                          key=lambda r: (KEY_METRICS.index(r["metric"]), r["step"]))  # fmt: skip
             body += [markdown_table(key), "", outside_summary(tables[agent])]
+            if agent in inits:
+                body += ["", f"Untrained agents (step 0: `total_loss` metrics on one fixed batch of the training data, "
+                         f"seeds 0-{args.init_seeds - 1} per side; weights drawn by each side's own initialisers):", "",
+                         markdown_table([r for r in inits[agent] if r["metric"] in KEY_METRICS or r["metric"] in INIT_EXTRA]),
+                         "", outside_summary(inits[agent])]  # fmt: skip
     body += ["", "Wall-clock per run (each side's whole `main.py` / `fidec train`, JIT/compile and evaluations "
              "included):", "", wall_table(rows)]  # fmt: skip
     text = "\n".join(body)

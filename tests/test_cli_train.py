@@ -22,6 +22,7 @@ from fisher_decorator.plotting import DEFAULT_EVAL_METRICS, DEFAULT_TRAIN_METRIC
 from fisher_decorator.presets import load_presets, ogbench_families, parse_task, task_preset
 from fisher_decorator.trainer import load_agent, resolve_configs
 from tests.plot_helpers import legend_labels, saved_figures, shaded_bands, visible_axes
+from tests.sweep_helpers import HANG_GUARD
 from tests.toy_helpers import check_toy_figure, toy_scores
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,7 +78,7 @@ def test_train_fidec_triton_backend_smoke(tmp_path):
         *TINY,
     ]
     cmd += ["--set", "penalty_backend=triton", "--set", "num_fisher_samples=2", "--set", "batch_size=4"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=HANG_GUARD)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [r["step"] for r in read_csv(tmp_path / "t" / "train.csv")] == [1, 2]
 
@@ -118,7 +119,7 @@ def test_console_script_and_module_entry_points():
         [exe, "train", "--help"],
         [sys.executable, "-m", "fisher_decorator", "train", "--list-tasks"],
     ):
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=HANG_GUARD)
         assert proc.returncode == 0, proc.stderr
     assert "cube-single-play-singletask-task2-v0" in proc.stdout and "toy-bandit" in proc.stdout
 

@@ -20,6 +20,7 @@ from fisher_decorator.datasets import load_task_datasets
 from fisher_decorator.logger import read_csv
 from fisher_decorator.sampler import TransitionSampler
 from fisher_decorator.trainer import load_agent
+from tests.sweep_helpers import HANG_GUARD
 
 pytest.importorskip("ogbench")
 pytestmark = [
@@ -91,7 +92,7 @@ def test_train_and_eval_on_ogbench(tmp_path, dataset_dir, capsys):
     env = {**os.environ, "MUJOCO_GL": gl, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "fisher_decorator", "eval", "--run", str(out), "--episodes", "1"]
     cmd += ["--video-episodes", "1", "--video-frame-skip", "50"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=HANG_GUARD)
     assert proc.returncode == 0, (
         f"fidec eval with a video failed under MUJOCO_GL={gl}; offscreen rendering needs libEGL with Mesa "
         f"(apt-get install libegl1 libegl-mesa0) or MUJOCO_GL=osmesa with libosmesa6:\n{proc.stderr[-3000:]}"

@@ -6,6 +6,7 @@
     python -m benchmarks.fidelity ... --dry-run     # print the translated settings and both commands, run nothing
     python -m benchmarks.fidelity ... --tiny        # a few hundred steps, 2x32 networks: checks the pipeline
     python -m benchmarks.fidelity ... --report-only # rebuild rows, figure and table from finished runs
+    python -m benchmarks.fidelity ... --init-seeds 100  # also compare both sides' untrained agents over 100 seeds
 
 Both sides get the task's preset (ours: fisher_decorator/presets/tasks.json; theirs: the same values passed
 as --agent.* flags), the same --set overrides, and read the same OGBench-format files (theirs through

@@ -11,8 +11,6 @@ its final name. So a file under a dataset's name is always complete, and a bad d
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import http.client
 import os
 import pathlib
@@ -24,7 +22,9 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
+from fisher_decorator.atomic import fsync_dir
 from fisher_decorator.datasets.errors import DatasetError, UnknownDatasetError
+from fisher_decorator.datasets.fileio import sha256_file
 from fisher_decorator.datasets.registry import D4RL_DATASETS, OGBENCH_RECIPES, OGBENCH_URL
 
 CHUNK_BYTES = 1 << 20
@@ -172,14 +172,6 @@ def fetch(url: str, part: pathlib.Path, *, progress: bool = True, desc: str | No
     return size
 
 
-def _sha256(path: pathlib.Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK_BYTES):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def download_dataset(
     dataset: str, directory: str | os.PathLike, *, mirror: str | None = None, progress: bool = True
 ) -> list[dict]:
@@ -204,14 +196,9 @@ def download_dataset(
             raise DownloadError(
                 f"{item.url}: the downloaded file is not {dataset}'s {item.name} and was deleted ({exc})"
             ) from None
-        digest = _sha256(part)
+        digest = sha256_file(part, CHUNK_BYTES)
         os.replace(part, dest)
-        with contextlib.suppress(OSError):
-            fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        fsync_dir(directory)
         records.append(
             {"name": item.name, "status": "downloaded", "bytes": size, "sha256": digest, "summary": summary}
         )

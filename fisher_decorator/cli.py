@@ -22,8 +22,8 @@ import sys
 import zipfile
 
 COMMAND_MODULES = (
-    "fisher_decorator.info",
-    "fisher_decorator.datasets.cli",
+    "fisher_decorator.commands.info",
+    "fisher_decorator.commands.data",
     "fisher_decorator.commands.train",
     "fisher_decorator.commands.evaluate",
     "fisher_decorator.commands.plot",

@@ -1,1 +1,1 @@
-"""Sub-commands of ``fidec`` that drive training: ``train``, ``eval``, ``plot``."""
+"""Every ``fidec`` sub-command, one module each: ``register(subparsers)`` adds its parser (see ``cli.py``)."""

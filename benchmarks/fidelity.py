@@ -41,6 +41,8 @@ import subprocess
 import sys
 import time
 
+from fisher_decorator.config import parse_seeds
+
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 README = pathlib.Path(__file__).resolve().parent / "README.md"
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -289,17 +291,6 @@ def load_run(side: str, run_dir: pathlib.Path) -> dict:
 
 
 # ---------------------------------------------------------------------- translation
-def parse_seeds(text: str) -> list[int]:
-    seeds: list[int] = []
-    for part in text.split(","):
-        if "-" in part:
-            a, b = part.split("-")
-            seeds += list(range(int(a), int(b) + 1))
-        elif part.strip():
-            seeds.append(int(part))
-    return seeds
-
-
 def parse_sets(items: list[str]) -> dict[str, str]:
     out = {}
     for item in items:

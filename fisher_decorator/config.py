@@ -15,6 +15,7 @@ import dataclasses
 import difflib
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -30,6 +31,34 @@ def option(default: Any, doc: str, *, choices: tuple | None = None) -> Any:
 
 class ConfigError(ValueError):
     """A config field that does not exist or a value that does not parse / is not allowed."""
+
+
+_SEED_RANGE = re.compile(r"^(\d+)-(\d+)$")
+
+
+def parse_seeds(text: str, *, what: str = "--seeds") -> list[int]:
+    """``0-3`` (inclusive range), ``0,2,5``, or a mix (``0-2,7``); one number is that seed. The one parser of
+    seed lists (``fidec train --seeds``, ``fidec sweep --seeds``); an error names the bad item or repeat."""
+    seeds: list[int] = []
+    for token in (t.strip() for t in text.split(",")):
+        if not token:
+            continue
+        m = _SEED_RANGE.match(token)
+        if m:
+            lo, hi = int(m.group(1)), int(m.group(2))
+            if hi < lo:
+                raise ConfigError(f"{what}: range {token!r} is empty (end before start)")
+            seeds += range(lo, hi + 1)
+        elif token.isdigit():
+            seeds.append(int(token))
+        else:
+            raise ConfigError(f"{what}: {token!r} is not a seed; use e.g. 0-3, 0,2,5 or 0-2,7")
+    if not seeds:
+        raise ConfigError(f"{what} is empty; use e.g. 0-3")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ConfigError(f"{what} lists seed(s) {repeated} more than once: {text!r}")
+    return seeds
 
 
 def _field_types(cls) -> dict[str, Any]:

@@ -327,21 +327,6 @@ def unstack_info(info: Info) -> list[Info]:
 
 
 # ------------------------------------------------------------------------------ the trainer
-def parse_seeds(text: str) -> list[int]:
-    """``"0,1,2,3"`` -> [0, 1, 2, 3]; an error names a bad item or a repeated seed."""
-    seeds = []
-    for item in text.split(","):
-        item = item.strip()
-        try:
-            seeds.append(int(item))
-        except ValueError:
-            raise ConfigError(f"--seeds expects a comma list of integers, got {text!r}") from None
-    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
-    if repeated:
-        raise ConfigError(f"--seeds lists seed(s) {repeated} more than once: {text!r}")
-    return seeds
-
-
 def seed_dir(root: str | Path, seed: int) -> Path:
     return Path(root) / f"seed{seed}"
 

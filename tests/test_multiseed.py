@@ -13,14 +13,13 @@ import torch
 from fisher_decorator.agents import AGENTS, make_agent
 from fisher_decorator.checkpoint import load_checkpoint
 from fisher_decorator.cli import main
-from fisher_decorator.config import ConfigError
+from fisher_decorator.config import ConfigError, parse_seeds
 from fisher_decorator.logger import read_csv
 from fisher_decorator.multiseed import (
     MULTISEED,
     MultiSeedTrainer,
     StackedAgents,
     _recover_checkpoints,
-    parse_seeds,
     read_multiseed,
     unstack_info,
 )
@@ -468,7 +467,7 @@ def test_cli_seeds_smoke_eval_resume_and_errors(tmp_path, capsys):
     assert "different steps {3: 6, 1: 8}" in capsys.readouterr().err
     for args, message in (
         (("--seeds", "0,1,0"), "more than once"),
-        (("--seeds", "0,x"), "comma list of integers"),
+        (("--seeds", "0,x"), "'x' is not a seed"),
         (("--seeds", "0,1", "--seed", "2"), "either --seed"),
         (("--seeds", "0,1", "--set", "seed=4"), "--set seed"),
         (("--seeds", "3,1"), "already holds a multi-seed run"),
@@ -481,5 +480,5 @@ def test_cli_seeds_smoke_eval_resume_and_errors(tmp_path, capsys):
 def test_parse_seeds():
     assert parse_seeds("0,1, 2,3") == [0, 1, 2, 3]
     assert parse_seeds("7") == [7]
-    with pytest.raises(ConfigError, match=r"\[1\]"):
+    with pytest.raises(ConfigError, match=r"seed\(s\) \[1\] more than once"):
         parse_seeds("1,2,1")

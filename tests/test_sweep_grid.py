@@ -7,6 +7,7 @@ import json
 import pytest
 
 from fisher_decorator.cli import main
+from fisher_decorator.config import ConfigError, parse_seeds
 from fisher_decorator.presets import load_presets, ogbench_families
 from fisher_decorator.sweep.grid import (
     RunSpec,
@@ -15,7 +16,6 @@ from fisher_decorator.sweep.grid import (
     expand_grid,
     get_budget,
     parse_agents,
-    parse_seeds,
     parse_tasks,
     resolve_run,
 )
@@ -29,7 +29,7 @@ def test_seeds_agents_tasks():
     assert parse_seeds("0-2, 7") == [0, 1, 2, 7]
     assert parse_seeds("4") == [4]
     for bad, msg in (("3-1", "empty"), ("a", "not a seed"), ("0-2,1", "more than once"), ("", "empty")):
-        with pytest.raises(SweepError, match=msg):
+        with pytest.raises(ConfigError, match=msg):
             parse_seeds(bad)
     assert parse_agents("fidec,fql") == ["fidec", "fql"]
     with pytest.raises(SweepError, match="valid agents: fidec, deflow, fql"):

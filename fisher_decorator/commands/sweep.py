@@ -23,11 +23,11 @@ from pathlib import Path
 
 def _definition(args, stored):
     from fisher_decorator.commands.train import parse_sets
+    from fisher_decorator.config import parse_seeds
     from fisher_decorator.sweep.grid import (
         SweepDefinition,
         SweepError,
         parse_agents,
-        parse_seeds,
         parse_tasks,
     )
 

@@ -139,10 +139,10 @@ def command_line(args: argparse.Namespace, agent: str) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from fisher_decorator.config import parse_seeds
     from fisher_decorator.multiseed import (
         MultiSeedTrainer,
         is_multiseed_root,
-        parse_seeds,
         read_multiseed,
         seed_dir,
     )

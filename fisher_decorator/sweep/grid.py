@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -23,7 +22,7 @@ from fisher_decorator.presets import TOY_TASKS, load_presets, ogbench_families, 
 PAPER = "paper"
 
 
-class SweepError(ValueError):
+class SweepError(ConfigError):
     """A sweep argument or a stored sweep that cannot be used; the message names the problem and the choices."""
 
 
@@ -93,30 +92,6 @@ def parse_tasks(text: str) -> list[str]:
     if not out:
         raise SweepError(f"--tasks is empty; use '{PAPER}', a family ({', '.join(families)}), or task names")
     return list(dict.fromkeys(out))  # a task named twice (e.g. by its family and by name) runs once
-
-
-_SEED_RANGE = re.compile(r"^(\d+)-(\d+)$")
-
-
-def parse_seeds(text: str) -> list[int]:
-    """``0-3`` (inclusive range), ``0,2,5``, or a mix (``0-2,7``). A single number is that seed."""
-    seeds: list[int] = []
-    for token in (t.strip() for t in text.split(",")):
-        if not token:
-            continue
-        m = _SEED_RANGE.match(token)
-        if m:
-            lo, hi = int(m.group(1)), int(m.group(2))
-            if hi < lo:
-                raise SweepError(f"--seeds: range {token!r} is empty (end before start)")
-            seeds += range(lo, hi + 1)
-        elif token.isdigit():
-            seeds.append(int(token))
-        else:
-            raise SweepError(f"--seeds: {token!r} is not a seed; use e.g. 0-3, 0,2,5 or 0-2,7")
-    if not seeds:
-        raise SweepError("--seeds is empty; use e.g. 0-3")
-    return _unique(seeds, "--seeds")
 
 
 def _unique(items: list, what: str) -> list:

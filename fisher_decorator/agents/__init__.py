@@ -6,6 +6,8 @@ each with its ``config_class`` (a frozen dataclass, one doc per field).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from fisher_decorator.agents.base import AgentConfig, FlowAgent, FlowNoise, derive_seed
@@ -22,6 +24,25 @@ def agent_class(name: str) -> type[FlowAgent]:
         return AGENTS[name]
     except KeyError:
         raise ValueError(f"unknown agent {name!r}; choose one of {', '.join(AGENTS)}") from None
+
+
+def overrides_for(agent: str, agents, items: dict[str, Any]) -> dict[str, Any]:
+    """The ``--set`` items that apply to ``agent`` when one command runs ``agents`` (``fidec train --agent
+    fidec,fql``, a sweep): train fields and its own fields; a field only another agent has is left out. A
+    ``train.``/``agent.`` prefix forces the side; unknown names stay, so resolving reports them with the valid fields."""
+    from fisher_decorator.config import TrainConfig, field_names
+
+    train = set(field_names(TrainConfig))
+    own = set(field_names(agent_class(agent).config_class))
+    others = {n for a in agents for n in field_names(agent_class(a).config_class)}
+    out = {}
+    for key, value in items.items():
+        side, _, name = key.rpartition(".")
+        if side == "agent" and name not in own and name in others:
+            continue
+        if side or name in train or name in own or name not in others:
+            out[key] = value
+    return out
 
 
 def make_agent(
@@ -63,4 +84,5 @@ __all__ = [
     "agent_class",
     "derive_seed",
     "make_agent",
+    "overrides_for",
 ]

@@ -15,8 +15,8 @@ import json
 import sys
 from pathlib import Path
 
-from fisher_decorator.agents import AGENTS, agent_class
-from fisher_decorator.config import ConfigError, TrainConfig, describe, field_names, to_dict
+from fisher_decorator.agents import AGENTS, agent_class, overrides_for
+from fisher_decorator.config import ConfigError, TrainConfig, describe, to_dict
 
 DEFAULT_TOY_AGENTS = ("fidec", "deflow")
 
@@ -28,21 +28,6 @@ def parse_sets(items: list[str] | None) -> dict[str, str]:
         if not sep or not key.strip():
             raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
         out[key.strip()] = value
-    return out
-
-
-def overrides_for(agent: str, agents: list[str], overrides: dict[str, str]) -> dict[str, str]:
-    """With several agents, an agent field goes to the agents that have it (unknown names stay, to fail)."""
-    if len(agents) == 1:
-        return overrides
-    fields = {a: set(field_names(agent_class(a).config_class)) for a in agents}
-    train = set(field_names(TrainConfig))
-    out = {}
-    for key, value in overrides.items():
-        name = key.rpartition(".")[2]
-        known_elsewhere = any(name in f for f in fields.values())
-        if name in train or name in fields[agent] or not known_elsewhere:
-            out[key] = value
     return out
 
 

@@ -15,8 +15,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from fisher_decorator.agents import AGENTS, agent_class
-from fisher_decorator.config import ConfigError, TrainConfig, field_names
+from fisher_decorator.agents import AGENTS, overrides_for
+from fisher_decorator.config import ConfigError
 from fisher_decorator.presets import TOY_TASKS, load_presets, ogbench_families, parse_task
 
 PAPER = "paper"
@@ -262,21 +262,6 @@ class SweepDefinition:
         )
 
 
-def _agent_overrides(agent: str, agents: tuple[str, ...], items: dict[str, Any]) -> dict[str, Any]:
-    """The ``--set`` items for ``agent``: train fields, its own fields; another agent's fields are left out."""
-    train = set(field_names(TrainConfig))
-    own = set(field_names(agent_class(agent).config_class))
-    others = {n for a in agents for n in field_names(agent_class(a).config_class)}
-    out = {}
-    for key, value in items.items():
-        side, _, name = key.rpartition(".")
-        if side == "agent" and name not in own and name in others:
-            continue
-        if side or name in train or name in own or name not in others:
-            out[key] = value  # unknown names stay, so resolve_configs reports them with the valid fields
-    return out
-
-
 def _format_value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return ",".join(map(str, value))
@@ -316,7 +301,7 @@ def resolve_run(
         threads=int(cpus_per_run),
         progress=False,
     )
-    sets = _agent_overrides(spec.agent, definition.agents, dict(definition.overrides))
+    sets = overrides_for(spec.agent, definition.agents, dict(definition.overrides))
     overrides = {**budget.agent_overrides(spec.agent), **sets}
     try:
         train_cfg, agent_cfg, record = resolve_configs(

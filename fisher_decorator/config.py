@@ -36,6 +36,30 @@ class ConfigError(ValueError):
 _SEED_RANGE = re.compile(r"^(\d+)-(\d+)$")
 
 
+def format_value(value: Any) -> str:
+    """A config value as ``--set`` parses it back (tuples as ``a,b``, booleans lower-case)."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def train_command(
+    agent: str, task: str, flags: dict[str, Any], sets: list[tuple[str, Any]] | dict[str, Any] = ()
+) -> str:
+    """The ``fidec train`` command line recorded in a run's config.json (by ``fidec train`` and the sweep).
+    ``flags``: option name -> value (None: not given; True: a switch); ``sets``: the ``--set`` items."""
+    parts = ["fidec", "train", "--agent", agent, "--task", task]
+    for name, value in flags.items():
+        if value is None or value is False:
+            continue
+        parts.append(f"--{name.replace('_', '-')}")
+        if value is not True:
+            parts.append(format_value(value))
+    for key, value in sets.items() if isinstance(sets, dict) else sets:
+        parts += ["--set", f"{key}={format_value(value)}"]
+    return " ".join(parts)
+
+
 def parse_seeds(text: str, *, what: str = "--seeds") -> list[int]:
     """``0-3`` (inclusive range), ``0,2,5``, or a mix (``0-2,7``); one number is that seed. The one parser of
     seed lists (``fidec train --seeds``, ``fidec sweep --seeds``); an error names the bad item or repeat."""

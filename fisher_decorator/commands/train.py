@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from fisher_decorator.agents import AGENTS, agent_class, overrides_for
-from fisher_decorator.config import ConfigError, TrainConfig, describe, to_dict
+from fisher_decorator.config import ConfigError, TrainConfig, describe, to_dict, train_command
 
 DEFAULT_TOY_AGENTS = ("fidec", "deflow")
 
@@ -97,8 +97,7 @@ def _preset_notice(task: str) -> None:
 
 def command_line(args: argparse.Namespace, agent: str) -> str:
     """The ``fidec train`` command that reproduces this run (recorded in config.json)."""
-    parts = ["fidec", "train", "--agent", agent, "--task", args.task]
-    for flag in (
+    names = (
         "seed",
         "seeds",
         "steps",
@@ -108,19 +107,10 @@ def command_line(args: argparse.Namespace, agent: str) -> str:
         "threads",
         "eval_episodes",
         "eval_interval",
-    ):
-        value = getattr(args, flag)
-        if value is not None:
-            parts += [f"--{flag.replace('_', '-')}", str(value)]
-    for flag in ("log_interval", "save_interval"):
-        value = getattr(args, flag)
-        if value is not None:
-            parts += [f"--{flag.replace('_', '-')}", str(value)]
-    if args.wandb:
-        parts.append("--wandb")
-    for item in args.set or []:
-        parts += ["--set", item]
-    return " ".join(parts)
+    )
+    flags = {name: getattr(args, name) for name in (*names, "log_interval", "save_interval", "wandb")}
+    sets = [item.partition("=")[::2] for item in args.set or []]
+    return train_command(agent, args.task, flags, sets)
 
 
 def _run(args: argparse.Namespace) -> int:

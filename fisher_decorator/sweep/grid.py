@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fisher_decorator.agents import AGENTS, overrides_for
-from fisher_decorator.config import ConfigError
+from fisher_decorator.config import ConfigError, train_command
 from fisher_decorator.presets import TOY_TASKS, load_presets, ogbench_families, parse_task
 
 PAPER = "paper"
@@ -262,12 +262,6 @@ class SweepDefinition:
         )
 
 
-def _format_value(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return ",".join(map(str, value))
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
 @dataclass(frozen=True)
 class ResolvedRun:
     """A run with its configs, as the worker process receives them."""
@@ -311,17 +305,15 @@ def resolve_run(
         raise SweepError(f"run {spec.run_id}: {exc}") from None
     train, agent = to_dict(train_cfg), to_dict(agent_cfg)
     run_dir = Path(sweep_dir) / spec.rel_dir
-    command = ["fidec", "train", "--agent", spec.agent, "--task", spec.task, "--seed", str(spec.seed)]
-    command += ["--out", str(run_dir), "--no-plot"]
-    for key in {**train_flags, **overrides}:
-        name = key.rpartition(".")[2]
-        if name == "seed":
-            continue
-        final = train.get(name, agent.get(name))
-        command += ["--set", f"{name}={_format_value(final)}"]
+    sets = [
+        (name, train.get(name, agent.get(name)))
+        for name in dict.fromkeys(k.rpartition(".")[2] for k in {**train_flags, **overrides})
+        if name != "seed"
+    ]
+    flags = {"seed": spec.seed, "out": str(run_dir), "no_plot": True}
     record.update(
         sweep={"dir": str(Path(sweep_dir)), "budget": definition.budget, "run_id": spec.run_id},
-        command=" ".join(command),
+        command=train_command(spec.agent, spec.task, flags, sets),
     )
     return ResolvedRun(spec, train, agent, record)
 

@@ -178,7 +178,8 @@ def test_names_and_where_download_is_offered(tmp_path, capsys):
         "antmaze-large-navigate-v0",
         "antmaze-giant-navigate-v0",
     ]
-    assert len(resolve_names(["paper"])) == 10 and len(resolve_names(["d4rl"])) == 6
+    assert len(resolve_names(["paper"])) == 10 and len(resolve_names(["d4rl"])) == 18
+    assert len(resolve_names(["d4rl-antmaze"])) == 6 and len(resolve_names(["d4rl-adroit"])) == 12
     assert main(["data", "download", "hopper-medium-v2", "--dataset-dir", str(tmp_path)]) == 2
     assert "unknown dataset 'hopper-medium-v2'" in capsys.readouterr().err
     assert main(["data", "list", "--dataset-dir", str(tmp_path)]) == 0

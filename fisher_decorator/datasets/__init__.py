@@ -3,7 +3,7 @@
 - :func:`load_task_datasets` / :class:`TaskData`: the transitions of a task for training, validated on every load.
 - ``fidec data generate``: regenerate OGBench's manipulation and pointmaze datasets with OGBench's own oracles
   (:mod:`~fisher_decorator.datasets.generation`), in OGBench's file format, with a manifest.
-- Official OGBench ``.npz`` files and D4RL AntMaze ``.hdf5`` files are read as they are from the dataset directory.
+- Official OGBench ``.npz`` files and D4RL AntMaze/Adroit ``.hdf5`` files are read as they are from the dataset directory.
 """
 
 from fisher_decorator.datasets.errors import DatasetError, DatasetNotFoundError, UnknownDatasetError

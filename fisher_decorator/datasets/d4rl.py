@@ -1,4 +1,4 @@
-"""D4RL AntMaze from its official HDF5 files, without the unmaintained ``d4rl`` package.
+"""D4RL AntMaze and Adroit from their official HDF5 files, without the unmaintained ``d4rl`` package.
 
 Reproduces what the FiDec authors' ``envs/d4rl_utils.get_dataset`` (identical to FQL's) computes on top of
 ``d4rl.qlearning_dataset(env)`` (``terminate_on_end=False``):
@@ -6,9 +6,11 @@ Reproduces what the FiDec authors' ``envs/d4rl_utils.get_dataset`` (identical to
 1. ``qlearning_dataset``: for every row ``i < N - 1`` that is not a timeout, the transition
    ``(obs[i], act[i], rew[i], obs[i + 1], done=terminals[i])``; timeout rows are dropped, because the next row
    belongs to another episode. (Files without a ``timeouts`` key fall back to D4RL's episode-step counter.)
-2. The authors' conventions: ``rewards - 1`` (so 0 at the goal and -1 elsewhere), ``masks = 1 - done``,
-   ``terminals[i] = 1`` where the next transition does not continue this one
-   (``||observations[i + 1] - next_observations[i]|| > 1e-6``), and ``terminals[-1] = 1``.
+2. The authors' conventions, ``masks = 1 - done`` for both; then
+   AntMaze: ``rewards - 1`` (so 0 at the goal and -1 elsewhere), ``terminals[i] = 1`` where the next transition
+   does not continue this one (``||observations[i + 1] - next_observations[i]|| > 1e-6``), ``terminals[-1] = 1``;
+   Adroit: rewards as stored, ``terminals[i] = 1`` at such a discontinuity *or* where the file's ``terminals[i]``
+   is 1 (pen drops the pen), ``terminals[-1] = 1``.
 """
 
 from __future__ import annotations
@@ -19,12 +21,12 @@ import pathlib
 import numpy as np
 
 from fisher_decorator.datasets.errors import DatasetError
-from fisher_decorator.datasets.registry import D4RLAntMaze
+from fisher_decorator.datasets.registry import D4RLAdroit, D4RLAntMaze, D4RLDataset
 
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals")
 
 
-def read_d4rl_hdf5(path: str | os.PathLike, spec: D4RLAntMaze | None = None) -> dict[str, np.ndarray]:
+def read_d4rl_hdf5(path: str | os.PathLike, spec: D4RLDataset | None = None) -> dict[str, np.ndarray]:
     """The top-level arrays of a D4RL HDF5 file (``timeouts`` if present), checked for keys and shapes."""
     import h5py
 
@@ -125,3 +127,64 @@ def load_d4rl_antmaze(path: str | os.PathLike, spec: D4RLAntMaze | None = None) 
     if q["observations"].shape[0] == 0:
         raise DatasetError(f"{path}: no transitions left after dropping timeout steps")
     return authors_antmaze_conventions(q)
+
+
+def _discontinuities(obs: np.ndarray, next_obs: np.ndarray) -> np.ndarray:
+    """1 where the next transition does not start where this one ends, and at the last transition."""
+    m = obs.shape[0]
+    out = np.ones(m, dtype=bool)
+    if m > 1:
+        out[:-1] = np.linalg.norm(obs[1:] - next_obs[:-1], axis=1) > 1e-6
+    return out
+
+
+def authors_adroit_conventions(q: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The FiDec authors' (and FQL's) Adroit post-processing of a ``qlearning_dataset`` dict: no reward shift."""
+    done = q["terminals"].astype(bool)
+    terminals = _discontinuities(q["observations"], q["next_observations"]) | done
+    return {
+        "observations": q["observations"],
+        "actions": q["actions"],
+        "next_observations": q["next_observations"],
+        "terminals": terminals.astype(np.float32),
+        "rewards": q["rewards"].astype(np.float32),
+        "masks": (1.0 - done.astype(np.float32)).astype(np.float32),
+    }
+
+
+def load_d4rl_adroit(path: str | os.PathLike, spec: D4RLAdroit | None = None) -> dict[str, np.ndarray]:
+    """Transitions of a D4RL Adroit HDF5 file with the authors' conventions (actions not yet clipped)."""
+    raw = read_d4rl_hdf5(path, spec)
+    q = qlearning_transitions(raw, spec.max_episode_steps if spec is not None else None)
+    if q["observations"].shape[0] == 0:
+        raise DatasetError(f"{path}: no transitions left after dropping timeout steps")
+    return authors_adroit_conventions(q)
+
+
+def load_d4rl(path: str | os.PathLike, spec: D4RLDataset) -> dict[str, np.ndarray]:
+    """Transitions of any D4RL file this package knows, with the authors' conventions for its family."""
+    if isinstance(spec, D4RLAdroit):
+        return load_d4rl_adroit(path, spec)
+    return load_d4rl_antmaze(path, spec)
+
+
+def conventions(spec: D4RLDataset) -> str:
+    """One line for a run's manifest: what was done to the file's arrays."""
+    if isinstance(spec, D4RLAdroit):
+        return (
+            "d4rl.qlearning_dataset + FiDec/FQL d4rl_utils (Adroit: rewards as stored, masks = 1 - terminals)"
+        )
+    return "d4rl.qlearning_dataset + FiDec/FQL d4rl_utils (rewards - 1, masks = 1 - terminals)"
+
+
+def read_d4rl_states(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The simulator states D4RL stores under ``infos/`` (``qpos``, ``qvel`` and the env's object/target keys,
+    e.g. ``door_body_pos``, ``desired_orien``, ``board_pos``, ``obj_pos``, ``target_pos``), one row per observation."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        if "infos" not in f:
+            raise DatasetError(
+                f"{path}: no 'infos' group; D4RL's Adroit files store the simulator state there"
+            )
+        return {k: np.asarray(v[()]) for k, v in f["infos"].items() if isinstance(v, h5py.Dataset)}

@@ -1,7 +1,7 @@
 """``fidec data download``: the official dataset files, resumable, verified before they get their name.
 
 OGBench files come from the URL OGBench's own ``ogbench.download_datasets`` uses
-(``https://rail.eecs.berkeley.edu/datasets/ogbench/<dataset>.npz`` and ``-val.npz``), D4RL AntMaze files
+(``https://rail.eecs.berkeley.edu/datasets/ogbench/<dataset>.npz`` and ``-val.npz``), D4RL AntMaze/Adroit files
 from D4RL's URLs (``d4rl/infos.py``). A file is downloaded to ``.<name>.part`` in the dataset directory;
 an interrupted download resumes from there (an HTTP Range request; a server that ignores it sends the
 whole file again and the partial file is restarted), and a complete file is verified (readable,
@@ -52,13 +52,15 @@ def _paper_datasets() -> list[str]:
 
 def resolve_names(names: list[str]) -> list[str]:
     """Datasets named by ``names``: dataset names, OGBench families (``cube-single-play``), ``paper``
-    (the paper's 10 OGBench datasets), ``d4rl`` (the six AntMaze v2 datasets). Order kept, no repeats."""
+    (the paper's 10 OGBench datasets), ``d4rl`` (the six AntMaze v2 and twelve Adroit v1 datasets; ``d4rl-antmaze`` / ``d4rl-adroit`` one group). Order kept, no repeats."""
     out: list[str] = []
     for name in names:
         if name == "paper":
             found = _paper_datasets()
         elif name == "d4rl":
-            found = sorted(D4RL_DATASETS)
+            found = list(D4RL_DATASETS)
+        elif name in ("d4rl-antmaze", "d4rl-adroit"):
+            found = [n for n, spec in D4RL_DATASETS.items() if spec.family == name]
         elif name in OGBENCH_RECIPES or name in D4RL_DATASETS:
             found = [name]
         elif f"{name}-v0" in OGBENCH_RECIPES:
@@ -66,7 +68,7 @@ def resolve_names(names: list[str]) -> list[str]:
         else:
             raise UnknownDatasetError(
                 f"unknown dataset {name!r}; give an OGBench dataset or family ({', '.join(sorted(OGBENCH_RECIPES))}, "
-                f"or without -v0), a D4RL AntMaze dataset ({', '.join(sorted(D4RL_DATASETS))}), 'paper' or 'd4rl'"
+                f"or without -v0), a D4RL dataset ({', '.join(D4RL_DATASETS)}), 'paper', 'd4rl', 'd4rl-antmaze' or 'd4rl-adroit'"
             )
         out.extend(d for d in found if d not in out)
     return out
@@ -89,9 +91,9 @@ def dataset_files(dataset: str, *, mirror: str | None = None) -> list[DownloadFi
     url = f"{mirror.rstrip('/')}/{spec.official_file}" if mirror else spec.url
 
     def verify_d4rl(path: pathlib.Path) -> str:
-        from fisher_decorator.datasets.d4rl import load_d4rl_antmaze
+        from fisher_decorator.datasets.d4rl import load_d4rl
 
-        data = load_d4rl_antmaze(path, spec)
+        data = load_d4rl(path, spec)
         validate_transitions(data, f"{spec.official_file}")
         return f"{data['observations'].shape[0]} transitions"
 

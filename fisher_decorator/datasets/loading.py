@@ -5,7 +5,7 @@ OGBench single-task names (``cube-single-play-singletask-task2-v0``) read ``<dat
 they are the official downloads, and produce exactly what FQL's ``make_env_and_datasets`` produces:
 ``ogbench.make_env_and_datasets``'s arrays (``next_observations`` by shifting within episodes; ``terminals`` at
 episode ends; ``rewards``/``masks`` from OGBench's own ``relabel_dataset`` with the task's environment), then
-actions clipped to ``[-1 + 1e-5, 1 - 1e-5]``. D4RL AntMaze names read the official HDF5 file
+actions clipped to ``[-1 + 1e-5, 1 - 1e-5]``. D4RL AntMaze/Adroit names read the official HDF5 file
 (:mod:`fisher_decorator.datasets.d4rl`).
 """
 
@@ -18,14 +18,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fisher_decorator.datasets.d4rl import load_d4rl_antmaze
+from fisher_decorator.datasets.d4rl import conventions, load_d4rl
 from fisher_decorator.datasets.errors import DatasetError, DatasetNotFoundError
 from fisher_decorator.datasets.fileio import sha256_file
 from fisher_decorator.datasets.generation import manifest_path
 from fisher_decorator.datasets.registry import (
     D4RL_DATASETS,
     OGBENCH_URL,
-    D4RLAntMaze,
+    D4RLDataset,
     OGBenchTask,
     Recipe,
     parse_ogbench_task,
@@ -104,7 +104,7 @@ def load_task_datasets(
     """Load the train (and validation) transitions of ``task``.
 
     task: an OGBench single-task name (``cube-single-play-singletask-task2-v0``; ``...-singletask-v0`` is OGBench's
-        default task) or a D4RL AntMaze name (``antmaze-large-diverse-v2``).
+        default task) or a D4RL name (``antmaze-large-diverse-v2``, ``pen-human-v1``).
     dataset_dir: where the files are; default :func:`default_dataset_dir`.
     validate: check the raw files (keys, shapes, dtypes, NaN/Inf, action range, episode lengths), the manifest's
         SHA-256 of regenerated files, and the resulting transitions. Off only for speed on trusted data.
@@ -287,21 +287,19 @@ def d4rl_search_dirs(directory: pathlib.Path, explicit: bool) -> list[pathlib.Pa
 
 
 def _load_d4rl(
-    name: str, spec: D4RLAntMaze, directory: pathlib.Path, explicit: bool
+    name: str, spec: D4RLDataset, directory: pathlib.Path, explicit: bool
 ) -> tuple[TaskData, None]:
     dirs = d4rl_search_dirs(directory, explicit)
     path = next((d / f for d in dirs for f in spec.candidate_files if (d / f).exists()), None)
     if path is None:
         raise DatasetNotFoundError(
-            f"{name}: neither {spec.candidate_files[0]} nor {spec.candidate_files[1]} found in "
+            f"{name}: {' or '.join(dict.fromkeys(spec.candidate_files))} not found in "
             f"{', '.join(map(str, dirs))}. Download the official D4RL file: fidec data download {name} "
             f"--dataset-dir {directory} ({spec.url}; either name works; the d4rl package is not needed)."
         )
-    data = load_d4rl_antmaze(path, spec)
+    data = load_d4rl(path, spec)
     manifest = official_manifest(name, {"train": path})
-    manifest["conventions"] = (
-        "d4rl.qlearning_dataset + FiDec/FQL d4rl_utils (rewards - 1, masks = 1 - terminals)"
-    )
+    manifest["conventions"] = conventions(spec)
     task_data = TaskData(
         train=data,
         val=None,

@@ -1,4 +1,4 @@
-"""The datasets this package knows: OGBench's official recipes (``data_gen_scripts/commands.sh``) and D4RL AntMaze.
+"""The datasets this package knows: OGBench's official recipes (``data_gen_scripts/commands.sh``), D4RL AntMaze and Adroit.
 
 A recipe is data, not code: the generator reads the episode count, length, noise levels and oracle parameters from
 here, so ``fidec data generate`` follows the official recipe unless a flag overrides a field (and the manifest then
@@ -16,6 +16,8 @@ from fisher_decorator.datasets.errors import UnknownDatasetError
 
 OGBENCH_URL = "https://rail.eecs.berkeley.edu/datasets/ogbench"
 D4RL_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl/ant_maze_v2"
+D4RL_ADROIT_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl/hand_dapg_v1"
+"""D4RL's ``infos.DATASET_URLS`` for ``<env>-<human|cloned|expert>-v1`` (d4rl/infos.py, 'Adroit v1 envs' loop)."""
 
 
 @dataclass(frozen=True)
@@ -230,14 +232,48 @@ class D4RLAntMaze:
     """Only used for files without a ``timeouts`` key (D4RL's fallback episode counter)."""
     ob_dim: int = 29
     action_dim: int = 8
+    family: str = "d4rl-antmaze"
+    ref_min_score: float = 0.0
+    """D4RL's ``REF_MIN_SCORE`` / ``REF_MAX_SCORE`` (d4rl/infos.py): 0 and 1, i.e. the score is the success rate."""
+    ref_max_score: float = 1.0
 
     @property
-    def candidate_files(self) -> tuple[str, str]:
+    def candidate_files(self) -> tuple[str, ...]:
         return f"{self.name}.hdf5", self.official_file
 
     @property
     def url(self) -> str:
         return f"{D4RL_URL}/{self.official_file}"
+
+
+@dataclass(frozen=True)
+class D4RLAdroit:
+    """A D4RL Adroit v1 dataset (``hand_dapg_v1``): read from its official HDF5 file (no ``d4rl`` package)."""
+
+    name: str
+    """``<env>-<human|cloned|expert>-v1``; the official file is ``<name>.hdf5``."""
+    env: str
+    """``pen``, ``door``, ``hammer`` or ``relocate``."""
+    max_episode_steps: int
+    """D4RL's ``MAX_STEPS`` (d4rl/hand_manipulation_suite/__init__.py): pen 100, the others 200."""
+    ob_dim: int
+    action_dim: int
+    ref_min_score: float
+    """D4RL's ``REF_MIN_SCORE`` (a random policy's return) and ``REF_MAX_SCORE`` (an expert's), d4rl/infos.py."""
+    ref_max_score: float
+    family: str = "d4rl-adroit"
+
+    @property
+    def official_file(self) -> str:
+        return f"{self.name}.hdf5"
+
+    @property
+    def candidate_files(self) -> tuple[str, ...]:
+        return (self.official_file,)
+
+    @property
+    def url(self) -> str:
+        return f"{D4RL_ADROIT_URL}/{self.official_file}"
 
 
 def _build_d4rl() -> dict[str, D4RLAntMaze]:
@@ -264,7 +300,31 @@ def _build_d4rl() -> dict[str, D4RLAntMaze]:
     return out
 
 
-D4RL_DATASETS: dict[str, D4RLAntMaze] = _build_d4rl()
+# D4RL's Adroit v1 settings: episode limits from hand_manipulation_suite/__init__.py (MAX_STEPS), observation and
+# action sizes of the env classes (pen_v0.py ... relocate_v0.py: get_obs and the Adroit actuators), reference returns
+# from infos.py (REF_MIN_SCORE / REF_MAX_SCORE of '<env>-human-v0', which the v1 datasets reuse).
+ADROIT_ENVS: dict[str, tuple[int, int, int, float, float]] = {
+    # env: (max_episode_steps, ob_dim, action_dim, ref_min_score, ref_max_score)
+    "pen": (100, 45, 24, 96.262799, 3076.8331017826877),
+    "door": (200, 39, 28, -56.512833, 2880.5693087298737),
+    "hammer": (200, 46, 26, -274.856578, 12794.134825156867),
+    "relocate": (200, 39, 30, -6.425911, 4233.877797728884),
+}
+
+
+def _build_adroit() -> dict[str, D4RLAdroit]:
+    return {
+        f"{env}-{kind}-v1": D4RLAdroit(f"{env}-{kind}-v1", env, *ADROIT_ENVS[env])
+        for env in ADROIT_ENVS
+        for kind in ("human", "cloned", "expert")
+    }
+
+
+D4RLDataset = D4RLAntMaze | D4RLAdroit
+D4RL_ANTMAZE: dict[str, D4RLAntMaze] = _build_d4rl()
+D4RL_ADROIT: dict[str, D4RLAdroit] = _build_adroit()
+D4RL_DATASETS: dict[str, D4RLDataset] = {**D4RL_ANTMAZE, **D4RL_ADROIT}
+"""Every D4RL dataset: the six AntMaze v2 datasets, then the twelve Adroit v1 datasets."""
 
 
 def get_recipe(dataset: str) -> Recipe:
@@ -327,14 +387,14 @@ def _unknown_task_message(task: str) -> str:
             f"unknown task {task!r}: that is a dataset name; its tasks are '{base}-singletask-{version}' (OGBench's "
             f"default task) and '{base}-singletask-task1-{version}' ... 'task5'. Valid choices: "
             + ", ".join(sorted(OGBENCH_RECIPES))
-            + " as single tasks, or a D4RL AntMaze dataset: "
+            + " as single tasks, or a D4RL dataset: "
             + ", ".join(sorted(D4RL_DATASETS))
         )
     return (
         f"unknown task {task!r}. Valid choices: an OGBench single-task name "
         f"'<dataset minus -v0>-singletask[-task1..5]-v0' for one of the datasets "
         f"[{', '.join(sorted(OGBENCH_RECIPES))}] (e.g. 'cube-single-play-singletask-task2-v0'), "
-        f"or a D4RL AntMaze dataset [{', '.join(sorted(D4RL_DATASETS))}]"
+        f"or a D4RL dataset [{', '.join(D4RL_DATASETS)}]"
     )
 
 

@@ -6,7 +6,7 @@ import os
 import pathlib
 from dataclasses import dataclass
 
-from fisher_decorator.datasets.d4rl import load_d4rl_antmaze
+from fisher_decorator.datasets.d4rl import load_d4rl
 from fisher_decorator.datasets.errors import DatasetError
 from fisher_decorator.datasets.generation import SHARD_DIR
 from fisher_decorator.datasets.loading import check_against_manifest, read_manifest
@@ -64,7 +64,7 @@ def _verify_ogbench(directory: pathlib.Path, dataset: str) -> VerifyResult:
 
 def _verify_d4rl(path: pathlib.Path, name: str) -> VerifyResult:
     try:
-        data = load_d4rl_antmaze(path, D4RL_DATASETS[name])
+        data = load_d4rl(path, D4RL_DATASETS[name])
         validate_transitions(data, f"{name} ({path})")
     except DatasetError as exc:
         return VerifyResult(name, False, str(exc), "official")

@@ -96,7 +96,7 @@ def error_message(exc: BaseException) -> tuple[str, int]:
         return f"missing entry {exc}", 2
     if isinstance(exc, (ConfigError, ValueError, KeyError, zipfile.BadZipFile, pickle.UnpicklingError)):
         return _one_line(exc), 2
-    if type(exc).__name__ in ("CheckpointError", "DatasetNotFoundError"):
+    if type(exc).__name__ in ("CheckpointError", "DatasetNotFoundError", "ManifestError"):
         return _one_line(exc), 2
     return f"unexpected {type(exc).__name__}: {_one_line(exc)} ({DEBUG_ENV}=1 shows the traceback)", 1
 

@@ -122,6 +122,51 @@ def test_data_command_errors_name_the_subcommand(tmp_path, capsys):
     assert "unknown task 'no-such-task-v0'" in error_line(capsys, "data info")
 
 
+def test_sweep_and_report_errors_go_through_the_one_handler(tmp_path, monkeypatch, capsys):
+    """Their errors are cli.main's one line, exit 2 (they used to print their own), and FIDEC_DEBUG raises."""
+    cases = [
+        (["sweep"], "sweep", "--out (the sweep directory) is required"),
+        (["sweep", "--out", str(tmp_path / "s"), "--status"], "sweep", "no manifest"),
+        (
+            [
+                "sweep",
+                "--out",
+                str(tmp_path / "s"),
+                "--agents",
+                "iql",
+                "--tasks",
+                "toy-bandit",
+                "--seeds",
+                "0",
+            ],
+            "sweep",
+            "iql",
+        ),
+        (
+            [
+                "sweep",
+                "--out",
+                str(tmp_path / "s"),
+                "--agents",
+                "fql",
+                "--tasks",
+                "toy-bandit",
+                "--seeds",
+                "2-1",
+            ],
+            "sweep",
+            "empty",
+        ),
+        (["report", str(tmp_path / "nothing")], "report", "no manifest.json and no run directories"),
+    ]
+    for argv, command, problem in cases:
+        assert main(argv) == 2, argv
+        assert problem in error_line(capsys, command), argv
+    monkeypatch.setenv("FIDEC_DEBUG", "1")
+    with pytest.raises(FileNotFoundError):
+        main(["report", str(tmp_path / "nothing")])
+
+
 class _RunsACommand:
     """Unpickling this calls os.system: what a malicious "checkpoint" would do."""
 

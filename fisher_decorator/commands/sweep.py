@@ -53,12 +53,11 @@ def _definition(args, stored):
 
 
 def _status(out: Path) -> int:
-    from fisher_decorator.sweep.manifest import Manifest
+    from fisher_decorator.sweep.manifest import Manifest, ManifestError
 
     manifest = Manifest.open(out)
     if not manifest.runs:
-        print(f"{out}: no manifest (not a sweep directory, or nothing started yet)", file=sys.stderr)
-        return 2
+        raise ManifestError(f"{out}: no manifest (not a sweep directory, or nothing started yet)")
     print(f"{'run':64} {'state':8} {'tries':>5} {'step':>8}  note / error")
     for rid, e in manifest.runs.items():
         text = e.get("error") or e.get("note") or ""
@@ -70,9 +69,7 @@ def _status(out: Path) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from fisher_decorator.config import ConfigError
-    from fisher_decorator.datasets import DatasetError, DatasetNotFoundError
-    from fisher_decorator.sweep.grid import SweepError, load_budgets
-    from fisher_decorator.sweep.manifest import ManifestError
+    from fisher_decorator.sweep.grid import load_budgets
     from fisher_decorator.sweep.runner import Resources, load_definition, run_sweep
 
     if args.list_budgets:
@@ -80,28 +77,24 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{name}: {b.description}\n")
         return 0
     if args.out is None:
-        print("fidec sweep: error: --out (the sweep directory) is required", file=sys.stderr)
-        return 2
+        raise ConfigError("--out (the sweep directory) is required")
     out = Path(args.out)
     if args.status:
         return _status(out)
-    try:
-        stored = load_definition(out)
-        definition = _definition(args, stored)
-        resources = Resources(
-            backend=args.backend,
-            address=args.address,
-            cpus_per_run=args.cpus_per_run,
-            gpus_per_run=args.gpus_per_run,
-            workers=args.workers,
-            retries=args.retries,
-        )
-        if args.dry_run:
-            return _dry_run(out, definition or stored, resources)
-        summary = run_sweep(out, definition, resources, progress=not args.no_progress)
-    except (SweepError, ConfigError, ManifestError, DatasetError, DatasetNotFoundError) as exc:
-        print(f"fidec sweep: error: {exc}", file=sys.stderr)
-        return 2
+    # errors (bad grid, manifest, dataset) reach cli.main, which prints them in one line
+    stored = load_definition(out)
+    definition = _definition(args, stored)
+    resources = Resources(
+        backend=args.backend,
+        address=args.address,
+        cpus_per_run=args.cpus_per_run,
+        gpus_per_run=args.gpus_per_run,
+        workers=args.workers,
+        retries=args.retries,
+    )
+    if args.dry_run:
+        return _dry_run(out, definition or stored, resources)
+    summary = run_sweep(out, definition, resources, progress=not args.no_progress)
     counts = summary["counts"]
     print(f"sweep {summary['sweep']}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     for rid, error in summary["failed"].items():

@@ -42,6 +42,23 @@ def xavier_uniform_(weight: torch.Tensor, fan_in: int, fan_out: int, generator: 
     return weight
 
 
+class EncodedInput:
+    """An image encoder in front of a network (pixel tasks), as the authors' ``encoder=`` field.
+
+    The agent encodes a batch once per state and passes every network the concatenated features of all
+    its encoders (``[N, sum of widths]``); a network with an encoder reads its own columns ``obs_slice``.
+    Features already ``obs_dim`` wide (a fused rollout hands the selected columns on) pass unchanged.
+    """
+
+    def attach_encoder(self, encoder: nn.Module, obs_slice: slice) -> None:
+        self.encoder = encoder  # a submodule: trained, checkpointed and Polyak-averaged with the network
+        self.obs_slice = obs_slice
+
+    def select_obs(self, obs: torch.Tensor) -> torch.Tensor:
+        cols = self.__dict__.get("obs_slice")
+        return obs if cols is None or obs.shape[-1] == self.obs_dim else obs[..., cols]
+
+
 def _check_dims(name: str, hidden_dims: Sequence[int]) -> tuple[int, ...]:
     dims = tuple(int(h) for h in hidden_dims)
     if not dims or any(h <= 0 for h in dims):
@@ -99,7 +116,7 @@ class MLP(nn.Module):
         return x
 
 
-class VelocityField(MLP):
+class VelocityField(EncodedInput, MLP):
     """The behaviour flow's velocity ``v_theta(s, x, t)``: MLP on concat [s, x, t] -> [N, d]."""
 
     def __init__(self, obs_dim: int, action_dim: int, hidden_dims: Sequence[int], **kwargs):
@@ -108,10 +125,10 @@ class VelocityField(MLP):
 
     def forward(self, obs: torch.Tensor, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         """obs [N, obs_dim], x [N, d], t a float, [N] or [N, 1] -> velocity [N, d]."""
-        return super().forward(torch.cat([obs, x, time_column(t, x)], dim=-1))
+        return super().forward(torch.cat([self.select_obs(obs), x, time_column(t, x)], dim=-1))
 
 
-class StateActionMLP(MLP):
+class StateActionMLP(EncodedInput, MLP):
     """An MLP on concat [s, a] with d outputs: the residual ``r_phi(s, a)`` and FQL's ``mu_w(s, z)``."""
 
     def __init__(self, obs_dim: int, action_dim: int, hidden_dims: Sequence[int], **kwargs):
@@ -120,10 +137,10 @@ class StateActionMLP(MLP):
 
     def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """obs [N, obs_dim], actions [N, d] -> [N, d]."""
-        return super().forward(torch.cat([obs, actions], dim=-1))
+        return super().forward(torch.cat([self.select_obs(obs), actions], dim=-1))
 
 
-class CriticEnsemble(nn.Module):
+class CriticEnsemble(EncodedInput, nn.Module):
     """``Q_k(s, a)`` for k = 1..H in one batched computation: weights stacked as [H, in, out].
 
     ``forward(obs [N, obs_dim], actions [N, d]) -> q [H, N]``. With ``detach_params=True`` the
@@ -173,7 +190,7 @@ class CriticEnsemble(nn.Module):
         self, obs: torch.Tensor, actions: torch.Tensor, *, detach_params: bool = False
     ) -> torch.Tensor:
         get = (lambda p: p.detach()) if detach_params else (lambda p: p)
-        x = torch.cat([obs, actions], dim=-1)
+        x = torch.cat([self.select_obs(obs), actions], dim=-1)
         H, N = self.num_heads, x.shape[0]
         last = len(self.weights) - 1
         h = x.unsqueeze(0).expand(H, N, x.shape[-1])

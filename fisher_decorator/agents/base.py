@@ -15,6 +15,7 @@ agent's ``self.network`` while writing the new one.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -26,6 +27,7 @@ from torch import nn
 
 from fisher_decorator.agents.step import apply_step, clip_gradients_
 from fisher_decorator.config import ConfigError, _positive, option, validate
+from fisher_decorator.encoders import ENCODER_DTYPES, ENCODERS, make_encoder
 from fisher_decorator.flows import flow_matching_target, flow_rollout
 from fisher_decorator.networks import CriticEnsemble, VelocityField
 from fisher_decorator.ops import BACKENDS, ROLLOUT_DTYPES, RolloutWorkspace
@@ -93,6 +95,17 @@ class AgentConfig:
         "Rollout states, losses and updates stay fp32.",
         choices=ROLLOUT_DTYPES,
     )
+    encoder: str | None = option(
+        None,
+        "Image encoder of pixel tasks (impala_small in the authors' visual grid): one per network "
+        "(critic, flow, actor), as the authors'; None for state tasks.",
+        choices=(None, *ENCODERS),
+    )
+    encoder_dtype: str = option(
+        "float32",
+        "Precision of the encoders' convolutions (bfloat16: autocast, fp32 features).",
+        choices=ENCODER_DTYPES,
+    )
 
     def check(self) -> None:
         _positive(self, "lr", "adam_eps", "num_critics", "flow_steps", "grad_clip")
@@ -159,6 +172,10 @@ class FlowAgent(nn.Module):
                 f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}"
             )
         validate(config)
+        # Pixel tasks: obs_dim is the frame shape (H, W, C); the networks see the encoders' features.
+        self.obs_shape = tuple(int(s) for s in obs_dim) if config.encoder else None
+        if self.obs_shape is not None:
+            obs_dim = make_encoder(config.encoder, self.obs_shape, device="meta").out_dim
         if obs_dim < 1 or action_dim < 1:
             raise ValueError(f"obs_dim and action_dim must be >= 1, got {obs_dim} and {action_dim}")
         self.config = config
@@ -180,6 +197,8 @@ class FlowAgent(nn.Module):
             layer_norm=config.layer_norm,
             **kw,
         )
+        if self.obs_shape is not None:
+            self._attach_encoders(dtype)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.to(self.device)
         self.noise_generator = torch.Generator(device=self.device).manual_seed(derive_seed(seed, "noise"))
@@ -197,6 +216,38 @@ class FlowAgent(nn.Module):
     # ------------------------------------------------------------------ construction hooks
     def _build_actor(self, generator: torch.Generator, dtype: torch.dtype) -> None:
         raise NotImplementedError
+
+    def _attach_encoders(self, dtype: torch.dtype) -> None:
+        """One encoder per network, as the authors' agents (critic, bc flow, actor), the target critic's a
+        copy of the critic's. Drawn from their own stream, after the networks (state tasks' init unchanged)."""
+        init = torch.Generator().manual_seed(derive_seed(self.seed, "init/encoders"))
+        actor = next(getattr(self, n) for n in ("residual", "onestep_policy") if hasattr(self, n))
+        self._encoded = (self.critic, self.velocity_field, actor)
+        for i, net in enumerate(self._encoded):
+            encoder = make_encoder(
+                self.config.encoder,
+                self.obs_shape,
+                compute_dtype=self.config.encoder_dtype,
+                fused_gelu=self.config.fused_gelu,
+                generator=init,
+                dtype=dtype,
+            )
+            net.attach_encoder(encoder, slice(i * self.obs_dim, (i + 1) * self.obs_dim))
+
+    def encode(self, obs: torch.Tensor, *, target: bool = False) -> torch.Tensor:
+        """Pixel tasks: frames [B, H, W, C] -> the features of every network [B, 3 * obs_dim], each encoder
+        run once per state (never per Euler step or Fisher sample); ``target``: the critic's columns from
+        the target critic's encoder (next states). State tasks: ``obs`` unchanged."""
+        if self.obs_shape is None:
+            return obs
+        nets = (self.target_critic, *self._encoded[1:]) if target else self._encoded
+        with torch.no_grad() if target else contextlib.nullcontext():
+            return torch.cat([net.encoder(obs) for net in nets], dim=-1)
+
+    def _batched_obs(self, obs: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """(a batch of encoded states, whether ``obs`` was one state) for acting."""
+        single = obs.dim() == (1 if self.obs_shape is None else 3)
+        return self.encode(obs[None] if single else obs), single
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Every parameter the optimizer moves: all but the target critic's."""
@@ -234,7 +285,7 @@ class FlowAgent(nn.Module):
         cfg = self.config
         return flow_rollout(
             self.velocity_field,
-            obs,
+            self.velocity_field.select_obs(obs),  # pixel tasks: the flow's own feature columns
             noise,
             cfg.flow_steps,
             backend=cfg.rollout_backend,
@@ -259,8 +310,7 @@ class FlowAgent(nn.Module):
         """Actions [B, d] for states [B, obs_dim] (or [d] for a single [obs_dim] state)."""
         if mode != "default":
             raise ConfigError(f"{self.name} samples actions only in mode 'default', got {mode!r}")
-        single = obs.dim() == 1
-        obs = obs[None] if single else obs
+        obs, single = self._batched_obs(obs)
         if noise is None:
             noise = self._randn(
                 generator if generator is not None else self.noise_generator, obs.shape[0], self.action_dim
@@ -274,8 +324,11 @@ class FlowAgent(nn.Module):
         if missing:
             raise KeyError(f"batch lacks {missing}; an update needs {list(BATCH_KEYS)}")
         obs, actions = batch["observations"], batch["actions"]
-        if obs.dim() != 2 or obs.shape[1] != self.obs_dim:
-            raise ValueError(f"batch['observations'] must be [B, {self.obs_dim}], got {tuple(obs.shape)}")
+        shape = self.obs_shape or (self.obs_dim,)
+        if tuple(obs.shape[1:]) != shape:
+            raise ValueError(
+                f"batch['observations'] must be [B, {', '.join(map(str, shape))}], got {tuple(obs.shape)}"
+            )
         if actions.shape != (obs.shape[0], self.action_dim):
             raise ValueError(f"batch['actions'] must be [B, {self.action_dim}], got {tuple(actions.shape)}")
         return obs.shape[0]
@@ -304,7 +357,8 @@ class FlowAgent(nn.Module):
 
         Returns (q_loss, q [B]).
         """
-        q = self.critic(obs, actions, detach_params=True).mean(dim=0)
+        # obs detached: with an encoder in front, the actor's Q term must not move the critic's encoder either.
+        q = self.critic(obs.detach(), actions, detach_params=True).mean(dim=0)
         loss = -q.mean()
         if self.config.normalize_q_loss:
             scale = q.detach().abs().mean()
@@ -322,6 +376,15 @@ class FlowAgent(nn.Module):
         self, batch: Batch, noise: FlowNoise, *, with_metrics: bool = True
     ) -> tuple[torch.Tensor, Info]:
         """critic + actor loss, and the metrics as ``critic/...`` and ``actor/...``."""
+        if (
+            self.obs_shape is not None
+        ):  # pixel tasks: every encoder once per state, then the losses on features
+            obs = self.encode(batch["observations"])
+            batch = {
+                **batch,
+                "observations": obs,
+                "next_observations": self.encode(batch["next_observations"], target=True),
+            }
         critic_loss, critic_info = self.critic_loss(batch, noise)
         actor_loss, actor_info = self.actor_loss(batch, noise, with_metrics=with_metrics)
         info = {f"critic/{k}": v for k, v in critic_info.items()}

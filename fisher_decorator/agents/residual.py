@@ -133,8 +133,7 @@ class ResidualAgent(FlowAgent):
         """
         if mode not in SAMPLING_MODES:
             raise ConfigError(f"sampling mode must be one of {list(SAMPLING_MODES)}, got {mode!r}")
-        single = obs.dim() == 1
-        obs = obs[None] if single else obs
+        obs, single = self._batched_obs(obs)
         B, d = obs.shape[0], self.action_dim
         g = generator if generator is not None else self.noise_generator
         if mode == "best_of_n":

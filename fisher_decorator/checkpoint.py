@@ -99,13 +99,16 @@ def _load_problem(path: Path, exc: BaseException) -> str:
     return f"not a readable checkpoint ({type(exc).__name__}: {text[:160]})"
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """The state dict in ``path``, read with ``weights_only=True`` (no code from the file runs)."""
+def load_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", *, mmap: bool = False
+) -> dict[str, Any]:
+    """The state dict in ``path``, read with ``weights_only=True`` (no code from the file runs); ``mmap``
+    maps the tensors instead of reading them (to look at the step of a large checkpoint)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # a foreign, damaged or malicious file
         raise CheckpointError(f"{path}: cannot read checkpoint: {_load_problem(path, exc)}") from exc
     if not isinstance(state, dict):

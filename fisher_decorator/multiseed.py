@@ -53,7 +53,7 @@ from torch.func import functional_call, grad, vmap
 
 from fisher_decorator.agents.base import BATCH_KEYS, Batch, FlowAgent, Info
 from fisher_decorator.agents.step import apply_step, clip_gradients_
-from fisher_decorator.checkpoint import fsync_dir, save_checkpoint, write_json
+from fisher_decorator.checkpoint import fsync_dir, load_checkpoint, save_checkpoint, write_json
 from fisher_decorator.config import ConfigError, TrainConfig, to_dict, validate
 from fisher_decorator.networks import MLP
 from fisher_decorator.ops import stacked_euler_rollout
@@ -416,9 +416,7 @@ class MultiSeedTrainer:
             for seed in self.seeds:  # memory-mapped: only the step is read here
                 path = seed_dir(self.root, seed) / CHECKPOINT
                 if path.is_file():
-                    steps[seed] = int(
-                        torch.load(path, map_location="cpu", mmap=True, weights_only=True)["step"]
-                    )
+                    steps[seed] = int(load_checkpoint(path, mmap=True)["step"])
             if len(set(steps.values())) > 1:
                 raise ConfigError(
                     f"cannot resume {self.root} stacked: its seeds' checkpoints are at different steps {steps} "

@@ -95,6 +95,30 @@ def test_damaged_checkpoint_with_resume_eval_and_plot(finished_run, tmp_path, ca
     assert f"{ckpt}: cannot read checkpoint" in error_line(capsys, "plot")
 
 
+def test_damaged_seed_checkpoint_in_a_stacked_resume_is_named(tmp_path, capsys):
+    out = tmp_path / "ms"
+    base = [
+        "train",
+        "--task",
+        "toy-bandit",
+        "--agent",
+        "fql",
+        "--seeds",
+        "0,1",
+        "--out",
+        str(out),
+        "--no-plot",
+    ]
+    sets = ["--set", "save_interval=5", "--set", "eval_interval=0", "--set", "tensorboard=false"]
+    assert main([*base, "--steps", "5", "--no-progress", *sets]) == 0
+    ckpt = out / "seed1" / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    capsys.readouterr()
+    assert main([*base, "--steps", "10", "--resume", "--no-progress"]) == 2
+    line = error_line(capsys, "train")
+    assert f"{ckpt}: cannot read checkpoint: truncated or not a torch checkpoint" in line
+
+
 def test_truncated_config_json_is_named(finished_run, tmp_path, capsys):
     run = copy_run(finished_run, tmp_path / "run")
     config = run / "config.json"

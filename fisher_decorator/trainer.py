@@ -1,24 +1,15 @@
-"""The training loop: data, agent, logging, evaluation, checkpoints and resume.
-
-A run directory holds::
-
-    config.json        the resolved train and agent configs, preset, overrides, dataset manifest, machine
-    train.csv          metrics every log_interval steps (also in tensorboard/)
-    eval.csv           evaluations (success, return, length, ...)
-    checkpoint.pt      the latest checkpoint (atomic): parameters, Adam state, every RNG stream
-    summary.json       final score (the paper's protocol), timings
-    videos/            optional evaluation videos
+"""The training loop: data, agent, logging, evaluation and the schedule; the files are a
+:class:`~fisher_decorator.rundir.RunDirectory`'s (layout there), the online phase an
+:class:`~fisher_decorator.online.OnlineLoop`'s.
 
 Random streams (all derived from the run's seed): network init, update noise, batch indices,
 validation batches (per log step), evaluation (per evaluation step). A killed run resumed from
-its checkpoint continues exactly as an uninterrupted run would have.
+its checkpoint continues exactly as an uninterrupted run would have (online: see fisher_decorator.online).
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -30,12 +21,7 @@ import torch
 
 from fisher_decorator.agents import AGENTS, agent_class, derive_seed, make_agent
 from fisher_decorator.agents.base import AgentConfig
-from fisher_decorator.checkpoint import (
-    load_checkpoint,
-    remove_stale_temporaries,
-    save_checkpoint,
-    write_json,
-)
+from fisher_decorator.checkpoint import load_checkpoint
 from fisher_decorator.config import (
     ConfigError,
     TrainConfig,
@@ -49,54 +35,18 @@ from fisher_decorator.envs import make_task
 from fisher_decorator.evaluation import evaluate_agent, final_score, save_videos
 from fisher_decorator.logger import CSVLogger, TensorBoardLogger, WandbLogger, new_wandb_id
 from fisher_decorator.presets import parse_task, task_preset
-from fisher_decorator.sampler import BatchPrefetcher, TransitionSampler
-
-CHECKPOINT = "checkpoint.pt"
-CONFIG = "config.json"
-SUMMARY = "summary.json"
-CHECKPOINT_VERSION = 1
-# TrainConfig fields a resumed run may change: none of them alters parameters or RNG streams.
-RESUMABLE_CHANGES = (
-    "steps",
-    "log_interval",
-    "eval_interval",
-    "eval_episodes",
-    "eval_at_start",
-    "eval_sampling",
-    "eval_num_samples",
-    "eval_refine_steps",
-    "video_episodes",
-    "video_frame_skip",
-    "score_steps",
-    "save_interval",
-    "dataset_dir",
-    "validation",
-    "device",
-    "threads",
-    "prefetch",
-    "tensorboard",
-    "progress",
-    "wandb",
-    "wandb_project",
-    "wandb_entity",
-    "wandb_group",
+from fisher_decorator.rundir import (  # noqa: F401 - the names' old home, still imported from here
+    CHECKPOINT,
+    CHECKPOINT_VERSION,
+    CONFIG,
+    RESUMABLE_CHANGES,
+    RUN_OUTPUTS,
+    SUMMARY,
+    RunDirectory,
+    clear_partial_run,
+    load_run_config,
 )
-
-
-# What a run writes besides checkpoint.pt: cleared when a run died before its first checkpoint.
-RUN_OUTPUTS = ("config.json", "train.csv", "eval.csv", "summary.json", "tensorboard", "videos")
-
-
-def clear_partial_run(run_dir: str | Path) -> None:
-    """Remove the outputs of a run that has no checkpoint (they describe steps that will be redone)."""
-    import shutil
-
-    for name in RUN_OUTPUTS:
-        p = Path(run_dir) / name
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-        elif p.exists():
-            p.unlink()
+from fisher_decorator.sampler import BatchPrefetcher, TransitionSampler
 
 
 def split_overrides(overrides: dict[str, Any], agent_cls) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -190,25 +140,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def load_run_config(run_dir: str | Path) -> tuple[TrainConfig, AgentConfig, dict[str, Any]]:
-    """The configs a run directory was started with (from its config.json)."""
-    path = Path(run_dir) / CONFIG
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory: no {CONFIG}")
-    try:
-        data = json.loads(path.read_text())
-        cls = agent_class(data["train"]["agent"])
-        train_cfg = apply_overrides(TrainConfig(), data["train"], what="train config")
-        agent_cfg = apply_overrides(cls.config_class(), data["agent"], what="agent config")
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON, truncated or damaged ({exc})") from None
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise ConfigError(f"{path}: not a run's config.json (no {exc} entry)") from None
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    return train_cfg, agent_cfg, data
-
-
 def code_revision() -> dict[str, Any]:
     """The git commit of the code that runs (None outside a git checkout) and whether it has local changes."""
     import subprocess
@@ -248,21 +179,40 @@ def _floats(info: dict[str, torch.Tensor]) -> dict[str, float]:
 @dataclass(frozen=True)
 class Schedule:
     """The steps (1-based, after the update) at which a run logs metrics, evaluates and saves, from its
-    TrainConfig's intervals; the last step does all three (evaluation only if eval_interval > 0)."""
+    TrainConfig's intervals; the last step does all three (evaluation only if eval_interval > 0).
+
+    With ``online_steps``, steps ``cfg.steps + j`` (j = 1..online_steps) are online and follow the same
+    intervals counted from the start of the online phase (the authors' fine-tuning run counts its steps
+    from 1 and evaluates after its first update); the last offline step still logs, evaluates and saves
+    (the score before fine-tuning)."""
 
     cfg: TrainConfig
+    online_steps: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.cfg.steps + self.online_steps
+
+    def _relative(self, step: int) -> tuple[int, int]:
+        """(step within its phase, the phase's last step)."""
+        if step > self.cfg.steps:
+            return step - self.cfg.steps, self.total
+        return step, self.cfg.steps
 
     def metrics(self, step: int) -> bool:
-        return step % self.cfg.log_interval == 0 or step == self.cfg.steps
+        j, last = self._relative(step)
+        return j % self.cfg.log_interval == 0 or step == last
 
     def evaluate(self, step: int) -> bool:
         cfg = self.cfg
         if cfg.eval_interval <= 0:
             return False
-        return step % cfg.eval_interval == 0 or step == cfg.steps or (cfg.eval_at_start and step == 1)
+        j, last = self._relative(step)
+        return j % cfg.eval_interval == 0 or step == last or (cfg.eval_at_start and j == 1)
 
     def save(self, step: int) -> bool:
-        return step % self.cfg.save_interval == 0 or step == self.cfg.steps
+        j, last = self._relative(step)
+        return j % self.cfg.save_interval == 0 or step == last
 
 
 class Trainer:
@@ -274,6 +224,10 @@ class Trainer:
         resume: continue the run in ``run_dir`` from its checkpoint.
         record: extra entries for config.json (preset, overrides, command line).
         callback: ``callback(step, trainer)`` after every step (tests inject crashes with it).
+        online: an :class:`~fisher_decorator.online.OnlineConfig`; its ``online_steps`` online steps
+            follow the ``train_cfg.steps`` offline ones (see :mod:`fisher_decorator.online`).
+        init_from: a checkpoint file to start from (agent, step and evaluation history), the authors'
+            ``--restore_path``: ``fidec finetune`` sets ``train_cfg.steps`` to its step, so the run is online only.
     """
 
     def __init__(
@@ -285,6 +239,8 @@ class Trainer:
         resume: bool = False,
         record: dict[str, Any] | None = None,
         callback: Callable[[int, Trainer], None] | None = None,
+        online=None,
+        init_from: str | Path | None = None,
     ):
         validate(train_cfg)
         validate(agent_cfg)
@@ -294,56 +250,28 @@ class Trainer:
             raise ConfigError(
                 f"agent config {type(agent_cfg).__name__} does not belong to agent {train_cfg.agent!r}"
             )
+        if online is not None:
+            validate(online)
         self.cfg = train_cfg
         self.agent_cfg = agent_cfg
-        self.run_dir = Path(run_dir)
-        self.resume = resume
+        self.online_cfg = online
+        self.init_from = Path(init_from) if init_from is not None else None
+        self.rundir = RunDirectory(run_dir)
+        self.run_dir = self.rundir.path
         self.record = dict(record or {})
         self.callback = callback
         self.step = 0
+        self.first_step = 0  # the step this run's own updates start after (a fine-tuning run's offline step)
         self.batches: BatchPrefetcher | None = None
+        self.online_loop = None
         self.eval_history: list[dict[str, float]] = []
-        self._check_run_dir()
+        self.resume = self.rundir.prepare(train_cfg, agent_cfg, resume=resume)
+        if self.resume and online is not None:
+            from fisher_decorator.online import check_resumable
+
+            check_resumable(self.rundir.read_config(), online)
 
     # ------------------------------------------------------------------ setup
-    def _check_run_dir(self) -> None:
-        ckpt = self.run_dir / CHECKPOINT
-        for p in remove_stale_temporaries(self.run_dir):
-            print(f"removed {p}, left by a process killed while writing", file=sys.stderr)
-        if not ckpt.exists() and (self.run_dir / CONFIG).exists():
-            # Killed (or out of disk) before its first checkpoint: nothing to resume, nothing to keep.
-            print(
-                f"{self.run_dir}: stopped before its first checkpoint; starting it again from step 0",
-                file=sys.stderr,
-            )
-            clear_partial_run(self.run_dir)
-            self.resume = False
-            return
-        if self.resume:
-            if not ckpt.is_file():
-                raise FileNotFoundError(f"cannot resume: no {CHECKPOINT} in {self.run_dir}")
-            old_train, old_agent, _ = load_run_config(self.run_dir)
-            if to_dict(old_agent) != to_dict(self.agent_cfg):
-                diff = {
-                    k: (v, to_dict(self.agent_cfg)[k])
-                    for k, v in to_dict(old_agent).items()
-                    if to_dict(self.agent_cfg)[k] != v
-                }
-                raise ConfigError(f"cannot resume with a different agent config: {diff}")
-            changed = {
-                f.name
-                for f in dataclasses.fields(TrainConfig)
-                if getattr(old_train, f.name) != getattr(self.cfg, f.name) and f.name not in RESUMABLE_CHANGES
-            }
-            if changed:
-                raise ConfigError(
-                    f"cannot resume with changed {sorted(changed)}; a resumed run may change only {list(RESUMABLE_CHANGES)}"
-                )
-        elif ckpt.exists():
-            raise FileExistsError(
-                f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --out"
-            )
-
     def _setup(self, shared: Trainer | None = None) -> None:
         """Device, task, data, agent and samplers. ``shared``: a trainer of the same task (another seed
         of a multi-seed run) whose task, data and device-resident dataset this one reuses."""
@@ -389,9 +317,13 @@ class Trainer:
         from fisher_decorator.info import environment
 
         data = self.data
+        online = {}
+        if self.online_cfg is not None:
+            online["online"] = to_dict(self.online_cfg)
         return {
             "train": to_dict(self.cfg),
             "agent": to_dict(self.agent_cfg),
+            **online,
             "obs_dim": self.obs_dim,
             "action_dim": self.action_dim,
             "dataset": {
@@ -409,7 +341,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_state(self) -> dict[str, Any]:
-        return {
+        state = {
             "version": CHECKPOINT_VERSION,
             "step": self.step,
             "agent": self.agent.checkpoint_state(),
@@ -419,19 +351,35 @@ class Trainer:
             "train_config": to_dict(self.cfg),
             "agent_config": to_dict(self.agent_cfg),
         }
+        if self.online_loop is not None:
+            state["online"] = self.online_loop.state()
+        return state
 
     def save(self) -> None:
-        save_checkpoint(self.run_dir / CHECKPOINT, self.checkpoint_state())
+        if self.online_loop is not None:
+            self.online_loop.flush()  # the replay chunk before the checkpoint that counts it
+        self.rundir.save_checkpoint(self.checkpoint_state())
 
-    def _restore(self) -> None:
-        state = load_checkpoint(self.run_dir / CHECKPOINT, map_location=self.device)
-        if state.get("version") != CHECKPOINT_VERSION:
-            raise RuntimeError(f"checkpoint version {state.get('version')} != {CHECKPOINT_VERSION}")
+    def _restore(self) -> dict[str, Any]:
+        state = self.rundir.load_checkpoint(self.device)
         self.agent.load_checkpoint_state(state["agent"])
         self.sampler.load_state(state["sampler"])
         self.step = int(state["step"])
         self.eval_history = list(state["eval_history"])
         self.train_time = float(state.get("train_time", 0.0))
+        return state
+
+    def _init_from_checkpoint(self) -> None:
+        """The authors' --restore_path: the agent (parameters, Adam, noise stream), step and evaluations."""
+        state = load_checkpoint(self.init_from, map_location=self.device)
+        self.agent.load_checkpoint_state(state["agent"])
+        self.step = int(state["step"])
+        self.eval_history = list(state.get("eval_history", []))
+        self.first_step = self.step
+        if self.step != self.cfg.steps:
+            raise ConfigError(
+                f"{self.init_from} is at step {self.step}, the run's offline steps are {self.cfg.steps}"
+            )
 
     # ------------------------------------------------------------------ loop pieces
     def _validation_metrics(self) -> dict[str, float]:
@@ -467,9 +415,13 @@ class Trainer:
         return row
 
     @property
+    def online_steps(self) -> int:
+        return self.online_cfg.online_steps if self.online_cfg is not None else 0
+
+    @property
     def schedule(self) -> Schedule:
         """Which steps log, evaluate and save (what a multi-seed driver follows too)."""
-        return Schedule(self.cfg)
+        return Schedule(self.cfg, self.online_steps)
 
     # ------------------------------------------------------------------ run
     def run(self) -> dict[str, Any]:
@@ -483,6 +435,8 @@ class Trainer:
                 info = self.agent.update(batch, with_metrics=with_metrics)
                 row = _floats(info) if with_metrics else None
                 self.end_step(step, row, time.perf_counter() - t0)
+            if self.online_loop is not None:
+                self.online_loop.run()
         finally:
             self.close()
         return self.finish()
@@ -496,28 +450,35 @@ class Trainer:
         self._setup(shared)
         self.train_time = 0.0
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        state = None
         if self.resume:
-            self._restore()
-            config = json.loads((self.run_dir / CONFIG).read_text())
-            config["train"] = to_dict(cfg)
-            config.setdefault("resumed_at", []).append(self.step)
-            write_json(self.run_dir / CONFIG, config)
+            state = self._restore()
+            extra = {"online": to_dict(self.online_cfg)} if self.online_cfg is not None else {}
+            self.rundir.record_resume(cfg, self.step, **extra)
+            if "restored_from" in self.rundir.read_config():
+                self.first_step = cfg.steps
         else:
-            write_json(self.run_dir / CONFIG, self._config_record())
-        resume_step = self.step if self.resume else None
+            if self.init_from is not None:
+                self._init_from_checkpoint()
+            self.rundir.write_config(self._config_record())
+        if self.online_cfg is not None:
+            from fisher_decorator.online import OnlineLoop
+
+            self.online_loop = OnlineLoop(self, self.online_cfg, state=(state or {}).get("online"))
+        resume_step = self.step if (self.resume or self.init_from is not None) else None
         self.train_log = CSVLogger(self.run_dir / "train.csv", resume_step=resume_step)
         self.eval_log = CSVLogger(self.run_dir / "eval.csv", resume_step=resume_step)
         self.tb = None
         if cfg.tensorboard:
             self.tb = TensorBoardLogger(
-                self.run_dir / "tensorboard", purge_step=self.step + 1 if self.resume else None
+                self.run_dir / "tensorboard", purge_step=self.step + 1 if resume_step is not None else None
             )
         self.wandb = self._start_wandb() if cfg.wandb or cfg.wandb_project else None
 
         from tqdm import tqdm
 
         self.bar = tqdm(
-            total=cfg.steps,
+            total=self.schedule.total,
             initial=self.step,
             disable=not (cfg.progress if progress is None else progress),
             dynamic_ncols=True,
@@ -529,16 +490,13 @@ class Trainer:
         self._wall0 = time.perf_counter()
         self._window_t, self._window_steps = 0.0, 0
         self._postfix: dict[str, str] = {}
-        self.batches = BatchPrefetcher(self.sampler, cfg.batch_size, cfg.prefetch)
+        if self.step < cfg.steps:
+            self.batches = BatchPrefetcher(self.sampler, cfg.batch_size, cfg.prefetch)
 
     def _start_wandb(self) -> WandbLogger:
         """The run's W&B logger; its id is kept in config.json, so a resumed run continues the same W&B run."""
         cfg = self.cfg
-        config = json.loads((self.run_dir / CONFIG).read_text())
-        run_id = config.get("wandb_id")
-        if run_id is None:
-            run_id = config["wandb_id"] = new_wandb_id()
-            write_json(self.run_dir / CONFIG, config)
+        run_id, config = self.rundir.wandb_id(new_wandb_id)
         return WandbLogger(
             self.run_dir,
             run_id=run_id,
@@ -546,7 +504,7 @@ class Trainer:
             entity=cfg.wandb_entity,
             group=cfg.wandb_group or cfg.task,
             name=f"{cfg.agent}-{cfg.task}-s{cfg.seed}",
-            config={k: config[k] for k in ("train", "agent", "dataset", "code") if k in config},
+            config={k: config[k] for k in ("train", "agent", "online", "dataset", "code") if k in config},
         )
 
     def end_step(self, step: int, row: dict[str, float] | None, dt: float) -> None:
@@ -592,6 +550,8 @@ class Trainer:
         """Stop the prefetch thread, close the bar, the TensorBoard writer and (when it owns it) the task."""
         if self.batches is not None:
             self.batches.close()
+        if self.online_loop is not None:
+            self.online_loop.close()
         if getattr(self, "bar", None) is not None:
             self.bar.close()
         if getattr(self, "tb", None):
@@ -604,18 +564,23 @@ class Trainer:
     def finish(self) -> dict[str, Any]:
         """The summary dict, also written to summary.json."""
         cfg = self.cfg
+        offline_history = [r for r in self.eval_history if int(r["step"]) <= cfg.steps]
         summary = {
             "task": cfg.task,
             "agent": cfg.agent,
             "seed": cfg.seed,
             "steps": self.step,
-            **final_score(self.eval_history, cfg.score_steps),
+            **final_score(offline_history, cfg.score_steps),
             "last_evaluation": self.eval_history[-1] if self.eval_history else None,
             "train_time_s": self.train_time,
-            "updates_per_sec": self.step / self.train_time if self.train_time > 0 else None,
+            "updates_per_sec": (self.step - self.first_step) / self.train_time
+            if self.train_time > 0
+            else None,
             "run_dir": str(self.run_dir),
         }
-        write_json(self.run_dir / SUMMARY, summary)
+        if self.online_loop is not None:
+            summary["online"] = self.online_loop.summary()
+        self.rundir.write_summary(summary)
         return summary
 
 

@@ -34,7 +34,7 @@ from fisher_decorator.config import (
 from fisher_decorator.envs import make_task
 from fisher_decorator.evaluation import evaluate_agent, final_score, save_videos
 from fisher_decorator.logger import CSVLogger, TensorBoardLogger, WandbLogger, new_wandb_id
-from fisher_decorator.presets import parse_task, task_preset
+from fisher_decorator.presets import parse_task, score_key, task_preset
 from fisher_decorator.rundir import (  # noqa: F401 - the names' old home, still imported from here
     CHECKPOINT,
     CHECKPOINT_VERSION,
@@ -570,7 +570,7 @@ class Trainer:
             "agent": cfg.agent,
             "seed": cfg.seed,
             "steps": self.step,
-            **final_score(offline_history, cfg.score_steps),
+            **final_score(offline_history, cfg.score_steps, key=score_key(cfg.task)),
             "last_evaluation": self.eval_history[-1] if self.eval_history else None,
             "train_time_s": self.train_time,
             "updates_per_sec": (self.step - self.first_step) / self.train_time

@@ -1,4 +1,4 @@
-"""Tasks the trainer can run: OGBench single tasks and the built-in ``toy-bandit``.
+"""Tasks the trainer can run: OGBench single tasks, D4RL AntMaze/Adroit and the built-in ``toy-bandit``.
 
 A task object has ``name``, ``obs_dim`` / ``action_dim`` (known after ``load_data`` for OGBench),
 ``load_data() -> TaskData`` (train / val dicts of float32 arrays, dataset name, files, manifest),
@@ -18,7 +18,18 @@ def make_task(task: str, *, dataset_dir: str | None = None, seed: int = 0):
     info = parse_task(task)
     if info.kind == "toy":
         return ToyBanditTask(seed=seed)
+    if info.kind == "d4rl":  # imported here: its envs need gymnasium / gymnasium-robotics only when used
+        from fisher_decorator.envs.d4rl_tasks import D4RLTask
+
+        return D4RLTask(task, dataset_dir=dataset_dir)
     return OGBenchTask(task, dataset_dir=dataset_dir)
 
 
-__all__ = ["OGBenchTask", "ToyBanditTask", "make_env", "make_task"]
+def make_d4rl_env(task: str, *, render: bool = False, render_size: int = 200):
+    """D4RL's evaluation env for ``task`` (gymnasium, step by step, with D4RL's episode limit)."""
+    from fisher_decorator.envs.d4rl_tasks import make_d4rl_env as make
+
+    return make(task, render=render, render_size=render_size)
+
+
+__all__ = ["OGBenchTask", "ToyBanditTask", "make_d4rl_env", "make_env", "make_task"]

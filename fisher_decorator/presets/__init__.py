@@ -4,6 +4,9 @@
 "cube-single-play", dataset="cube-single-play-v0", ...)``; ``task_preset(task, agent)`` -> the
 train and agent overrides to apply before the command line's.
 
+D4RL AntMaze (``antmaze-large-diverse-v2``) and Adroit (``pen-human-v1``) names are tasks of kind ``d4rl`` with
+family ``d4rl-antmaze`` / ``d4rl-adroit`` (``D4RL_FAMILIES``), each with its own preset block in ``tasks.json``.
+
 Any OGBench single task trains (pointmaze, cube-triple, ...: every dataset of
 ``fisher_decorator.datasets.registry``); a family without a paper entry gets the OGBench block's
 settings without a per-family entry, i.e. FQL's defaults (``has_paper_preset`` tells which).
@@ -19,6 +22,9 @@ from importlib import resources
 from typing import Any
 
 TOY_TASKS = ("toy-bandit",)
+D4RL_FAMILIES = ("d4rl-antmaze", "d4rl-adroit")
+SUCCESS_KEY = "evaluation/success"
+NORMALIZED_SCORE_KEY = "evaluation/normalized_score"
 
 
 @functools.cache
@@ -42,18 +48,24 @@ def ogbench_tasks(family: str | None = None) -> list[str]:
     ]
 
 
+def d4rl_tasks(family: str | None = None) -> list[str]:
+    """The D4RL datasets of ``family`` (``d4rl-antmaze``: 6, ``d4rl-adroit``: 12), or of both, in the authors' order."""
+    fams = [family] if family else list(D4RL_FAMILIES)
+    return [t for f in fams for t in load_presets()[f]["tasks"]]
+
+
 def list_tasks() -> list[str]:
-    """toy-bandit, the paper's tasks, then every other OGBench single task (FQL's defaults)."""
+    """toy-bandit, the paper's tasks (OGBench, then D4RL), then every other OGBench single task (FQL's defaults)."""
     others = [f for f in all_ogbench_families() if f not in ogbench_families()]
-    return [*TOY_TASKS, *ogbench_tasks(), *(t for f in others for t in ogbench_tasks(f))]
+    return [*TOY_TASKS, *ogbench_tasks(), *d4rl_tasks(), *(t for f in others for t in ogbench_tasks(f))]
 
 
 @dataclass(frozen=True)
 class TaskName:
     name: str
-    kind: str  # "ogbench" or "toy"
-    family: str | None = None  # e.g. "cube-single-play"
-    dataset: str | None = None  # e.g. "cube-single-play-v0" (the OGBench dataset file stem)
+    kind: str  # "ogbench", "d4rl" or "toy"
+    family: str | None = None  # e.g. "cube-single-play", "d4rl-antmaze"
+    dataset: str | None = None  # e.g. "cube-single-play-v0" (the OGBench dataset file stem), or the D4RL name
     task_id: int | None = None  # 1..5, None for the env's default task
 
 
@@ -72,13 +84,22 @@ def all_ogbench_families() -> list[str]:
 def has_paper_preset(task: str) -> bool:
     """Whether ``task`` has the paper's settings (toy-bandit and the paper's families) or FQL's defaults."""
     info = parse_task(task)
-    return info.kind == "toy" or info.family in ogbench_families()
+    return info.kind in ("toy", "d4rl") or info.family in ogbench_families()
+
+
+def score_key(task: str) -> str:
+    """The eval.csv column whose mean at the score steps is a run's score: D4RL's normalised return for Adroit,
+    the success rate otherwise (both fractions; reports show them x100)."""
+    return NORMALIZED_SCORE_KEY if parse_task(task).family == "d4rl-adroit" else SUCCESS_KEY
 
 
 def parse_task(task: str) -> TaskName:
     """The task's kind, family and dataset; an unknown name lists the valid ones."""
     if task in TOY_TASKS:
         return TaskName(task, "toy")
+    for family in D4RL_FAMILIES:
+        if task in load_presets()[family]["tasks"]:
+            return TaskName(task, "d4rl", family, task)
     m = _OGBENCH_RE.match(task)
     families = ogbench_families()
     n = load_presets()["ogbench"]["tasks_per_family"]
@@ -90,7 +111,8 @@ def parse_task(task: str) -> TaskName:
         f"unknown task {task!r}. Valid tasks: {', '.join(TOY_TASKS)}, or an OGBench single task "
         f"<family>-singletask[-task1..{n}]-v0 with <family> one of the paper's: {', '.join(families)} "
         f"(e.g. cube-single-play-singletask-task2-v0), or any other OGBench dataset family "
-        f"({', '.join(all_ogbench_families()[len(families) :])}; FQL's defaults, no paper preset); "
+        f"({', '.join(all_ogbench_families()[len(families) :])}; FQL's defaults, no paper preset), "
+        f"or a D4RL dataset ({', '.join(d4rl_tasks())}); "
         "`fidec train --list-tasks` lists all"
     )
 
@@ -99,7 +121,7 @@ def task_preset(task: str, agent: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(train overrides, agent overrides) for ``agent`` on ``task``, as JSON values."""
     info = parse_task(task)
     presets = load_presets()
-    bench = presets["toy-bandit" if info.kind == "toy" else "ogbench"]
+    bench = presets["toy-bandit" if info.kind == "toy" else info.family if info.kind == "d4rl" else "ogbench"]
     train = dict(bench.get("train", {}))
     agents = bench.get("agents", {})
     agent_over = {**agents.get("all", {}), **agents.get(agent, {})}
@@ -107,4 +129,8 @@ def task_preset(task: str, agent: str) -> tuple[dict[str, Any], dict[str, Any]]:
         fam = bench["families"][info.family]
         agent_over.update(fam.get("all", {}))
         agent_over.update(fam.get(agent, {}))
+    if info.kind == "d4rl":
+        per_task = bench["tasks"][task]
+        agent_over.update(per_task.get("all", {}))
+        agent_over.update(per_task.get(agent, {}))
     return train, agent_over

@@ -21,6 +21,7 @@ import functools
 import torch
 
 from fdkernels._triton import HAS_TRITON, jit_kernel, tl, triton, triton_usable
+from fdkernels.fisher_penalty_registration import register_fisher_penalty_op
 from fdkernels.time import time_matrix
 
 __all__ = [
@@ -318,41 +319,6 @@ def fisher_penalty_triton_bwd(
     damping: float,
 ) -> torch.Tensor:
     return fisher_penalty_backward(grad_penalty, scores, residual.contiguous(), trace_per_dim, damping)
-
-
-def register_fisher_penalty_op(fwd_op, bwd_op) -> None:
-    """Fake impls and autograd for a (fwd, bwd) pair with the schema of the ops above.
-
-    Shared by this Triton op and the compiled ``fidec::`` ops, so every backend has the
-    same contract: outputs (penalty[B], trace_per_dim[B], scores[B, K, d] in the accumulation
-    dtype), and a backward that saves only the scores, the residual and the per-state scale.
-    """
-
-    @torch.library.register_fake(fwd_op)
-    def _fwd_fake(velocity, x_t, t, residual, score, damping, score_eps, trace_eps):
-        B, K, D = velocity.shape
-        acc = _acc_dtype(velocity.dtype)
-        return velocity.new_empty(B), velocity.new_empty(B), velocity.new_empty((B, K, D), dtype=acc)
-
-    @torch.library.register_fake(bwd_op)
-    def _bwd_fake(grad_penalty, scores, residual, trace_per_dim, damping):
-        return torch.empty_like(residual, memory_format=torch.contiguous_format)
-
-    def setup_context(ctx, inputs, output):
-        _, _, _, residual, _, damping, _, _ = inputs
-        _, trace_per_dim, scores = output
-        ctx.save_for_backward(scores, residual, trace_per_dim)
-        ctx.damping = damping
-        ctx.mark_non_differentiable(trace_per_dim, scores)
-
-    def backward(ctx, grad_penalty, grad_trace, grad_scores):
-        scores, residual, trace_per_dim = ctx.saved_tensors
-        grad_r = None
-        if ctx.needs_input_grad[3]:
-            grad_r = bwd_op(grad_penalty, scores, residual, trace_per_dim, ctx.damping)
-        return None, None, None, grad_r, None, None, None, None
-
-    torch.library.register_autograd(fwd_op, backward, setup_context=setup_context)
 
 
 register_fisher_penalty_op(fisher_penalty_triton_fwd, fisher_penalty_triton_bwd)

@@ -15,8 +15,8 @@ from fdkernels.fisher_penalty import (
     fisher_matrix_ref,
     fisher_penalty_ref,
     flow_score_ref,
-    register_fisher_penalty_op,
 )
+from fdkernels.fisher_penalty_registration import register_fisher_penalty_op
 from fdkernels.time import TimeArg, time_matrix
 from fisher_decorator.ops._extension import _load, resolve_backend
 
@@ -172,6 +172,8 @@ def fisher_penalty(
     return pen, trace
 
 
+# fidec::fisher_penalty_{fwd,bwd}: schema in csrc/ops.cpp, CPU/CUDA kernels in csrc/fisher_penalty_*; their fake
+# impls and autograd (shared with the Triton op) are registered here, where a reader of this op looks.
 if _load()[0] is not None:
     register_fisher_penalty_op(
         torch.ops.fidec.fisher_penalty_fwd.default, torch.ops.fidec.fisher_penalty_bwd.default

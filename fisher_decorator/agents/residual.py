@@ -30,6 +30,11 @@ class ResidualConfig(AgentConfig):
     )
     use_lagrange: bool = option(True, "Tune alpha by dual ascent on log_alpha towards target_divergence.")
     target_divergence: float = option(0.001, "Divergence budget of the residual (SPEC 6).")
+    fix_bc_flow_online: bool = option(
+        False,
+        "Online fine-tuning: the behaviour flow frozen (no flow-matching loss, no Adam step on its parameters; "
+        "the authors zero the loss only, so Adam's momentum still moves it for a few hundred steps).",
+    )
 
     def check(self) -> None:
         super().check()
@@ -57,6 +62,33 @@ class ResidualAgent(FlowAgent):
         self.log_alpha = (
             nn.Parameter(torch.tensor(math.log(cfg.alpha), dtype=dtype)) if cfg.use_lagrange else None
         )
+
+    @property
+    def flow_frozen(self) -> bool:
+        """fix_bc_flow_online in the online phase (``online`` is set by fisher_decorator.online)."""
+        return self.config.fix_bc_flow_online and getattr(self, "online", False)
+
+    def flow_matching_loss(self, batch: Batch, noise: FlowNoise) -> torch.Tensor:
+        if self.flow_frozen:  # the authors' bc_flow_loss = 0.0 online
+            return torch.zeros((), device=self.device, dtype=self.dtype)
+        return super().flow_matching_loss(batch, noise)
+
+    def update(self, batch: Batch, noise: FlowNoise | None = None, *, with_metrics: bool = True) -> Info:
+        """FlowAgent.update; with the flow frozen, its parameters are left out of the clip and the Adam step."""
+        if not self.flow_frozen:
+            return super().update(batch, noise, with_metrics=with_metrics)
+        flow = {id(p) for p in self.velocity_field.parameters()}
+        groups = self.optimizer.param_groups
+        saved = [g["params"] for g in groups]
+        for g in groups:
+            g["params"] = [p for p in g["params"] if id(p) not in flow]
+        try:
+            return super().update(batch, noise, with_metrics=with_metrics)
+        finally:
+            for g, params in zip(groups, saved):
+                g["params"] = params
+            for p in self.velocity_field.parameters():
+                p.grad = None
 
     def divergence(
         self, obs: torch.Tensor, residual: torch.Tensor, noise: FlowNoise, *, with_metrics: bool

@@ -59,6 +59,10 @@ class OGBenchTask:
         self.action_dim = int(data.train["actions"].shape[-1])
         return data
 
+    def make_env(self):
+        """A fresh env for online exploration (the authors' ``env``, apart from the evaluation ``eval_env``)."""
+        return make_env(self.name)
+
     @property
     def env(self):
         if self._env is None:

@@ -7,7 +7,7 @@ the data along the narrow one; FiDec's Fisher metric makes the narrow direction 
 wide one cheap, so at the same budget it moves further along the wide axis and stays inside the
 data along the narrow one.
 
-Every episode is one step: ``reset() -> obs``, ``step(a)`` ends the episode with reward ``1 + a_0 + a_1`` (the offset keeps
+Every episode is one step (online mode: :class:`ToyBanditEnv`): ``reset() -> obs``, ``step(a)`` ends the episode with reward ``1 + a_0 + a_1`` (the offset keeps
 Q away from 0, where ``normalize_q_loss``'s ``1 / mean|Q|`` would blow up).
 """
 
@@ -93,6 +93,22 @@ def action_stats(actions: np.ndarray) -> dict[str, float]:
     }
 
 
+class ToyBanditEnv:
+    """The bandit as a one-step environment (online mode): ``reset`` gives the single state, ``step(a)``
+    pays ``1 + a_0 + a_1`` and ends the episode (``terminated``; next state = state, as in the dataset)."""
+
+    def reset(self, *, seed: int | None = None) -> tuple[np.ndarray, dict]:
+        return observation(1)[0], {}
+
+    def step(self, action) -> tuple[np.ndarray, float, bool, bool, dict]:
+        a = np.clip(np.asarray(action, dtype=np.float64).reshape(1, ACTION_DIM), -1.0, 1.0)
+        stats = action_stats(a)
+        return observation(1)[0], float(reward(a)[0]), True, False, {"success": stats["success"]}
+
+    def close(self) -> None:
+        pass
+
+
 class ToyBanditTask:
     """The ``toy-bandit`` task: data and a vectorised evaluation (all episodes in one batch)."""
 
@@ -117,6 +133,10 @@ class ToyBanditTask:
         return ToyData(
             train=make_dataset(DATASET_SIZE, 12345), val=make_dataset(VAL_SIZE, 54321), manifest=manifest
         )
+
+    def make_env(self) -> ToyBanditEnv:
+        """A step-by-step environment for online fine-tuning (``reset`` / ``step``, gymnasium's signatures)."""
+        return ToyBanditEnv()
 
     def evaluate(self, act, *, episodes: int, seed: int, video_episodes: int = 0, video_frame_skip: int = 3):
         """``episodes`` one-step episodes in one batch; stats as ``evaluation/...`` keys, no videos."""

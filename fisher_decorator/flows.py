@@ -15,6 +15,7 @@ import torch
 from fdkernels.euler_rollout import VelocityFn, euler_rollout_ref
 from fisher_decorator import ops
 from fisher_decorator.networks import MLP
+from fisher_decorator.ops.rollout_options import RolloutOptions
 
 
 @torch.no_grad()
@@ -23,9 +24,10 @@ def flow_rollout(
     obs: torch.Tensor,
     noise: torch.Tensor,
     steps: int,
+    options: RolloutOptions | None = None,
     *,
-    backend: str = "auto",
-    rollout_dtype: str = "float32",
+    backend: str | None = None,
+    rollout_dtype: str | None = None,
     workspace: ops.RolloutWorkspace | None = None,
 ) -> torch.Tensor:
     """Actions of the behaviour flow: ``x_0 = noise``, ``x_{i+1} = x_i + v(s, x_i, i/N) / N``, clipped to [-1, 1].
@@ -39,12 +41,19 @@ def flow_rollout(
             K samples of all states then run as one (B*K)-row batch (states repeated K times in
             place, like the authors' ``jnp.repeat``).
         steps: N, the number of Euler steps (>= 1).
-        backend, rollout_dtype, workspace: of :func:`fisher_decorator.ops.euler_rollout`, for plain MLP
-            fields ("reference" is the plain port, bit for bit the loop of other fields).
+        options: how plain MLP fields roll out (backend, GEMM dtype, reused buffers; the agent holds one);
+            "reference" is the plain port, bit for bit the loop of other fields. Default: auto, float32.
+        backend, rollout_dtype, workspace: the same, field by field (the older spelling; not with ``options``).
 
     Returns:
         actions with ``noise``'s shape.
     """
+    if options is not None:
+        if (backend, rollout_dtype, workspace) != (None, None, None):
+            raise TypeError("flow_rollout: pass either options or backend/rollout_dtype/workspace, not both")
+        backend, rollout_dtype, workspace = options.backend, options.dtype, options.workspace
+    backend = backend or "auto"
+    rollout_dtype = rollout_dtype or "float32"
     if isinstance(velocity_field, MLP) and not velocity_field.layer_norm:
         return ops.euler_rollout(
             velocity_field,

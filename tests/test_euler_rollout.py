@@ -185,3 +185,32 @@ def test_gpu_rollout_matches_reference(backend, rollout_dtype, monkeypatch):
     assert_as_accurate(got, plain, exact, floor=4 * u * exact.abs().max().item(), name=name)
     if rollout_dtype != "float32":
         assert_rounded_at(got, full, u, where=unclamped(full), name=name)
+
+
+@needs_ext
+def test_rollout_options_are_what_the_agent_rolls_out_with():
+    """The agent holds one RolloutOptions (backend, dtype, workspace); flow_rollout with it is the op with those
+    fields; the two spellings cannot be mixed; bad fields are refused when the options are made."""
+    from fisher_decorator.agents import make_agent
+    from fisher_decorator.agents.fql import FQLConfig
+    from fisher_decorator.flows import flow_rollout
+    from fisher_decorator.ops import RolloutOptions
+
+    cfg = FQLConfig(actor_hidden_dims=(16, 16), value_hidden_dims=(16, 16), rollout_dtype="bfloat16")
+    agent = make_agent("fql", 5, 3, cfg, seed=0)
+    assert (agent.rollout_options.backend, agent.rollout_options.dtype) == ("auto", "bfloat16")
+    s, noise = _inputs(6, 4, 5, 3, torch.float32)
+    got = agent.flow_actions(s, noise).clone()
+    assert len(agent.rollout_options.workspace._buffers) > 0  # the agent's buffers were used
+    want = euler_rollout(
+        agent.velocity_field, s, noise, cfg.flow_steps, backend="auto", rollout_dtype="bfloat16"
+    )
+    assert torch.equal(got, want)
+    ref = flow_rollout(agent.velocity_field, s, noise, cfg.flow_steps, RolloutOptions("reference"))
+    assert not torch.equal(got, ref)  # bf16 GEMMs are not the fp32 reference: the dtype was honoured
+    with pytest.raises(TypeError, match="either options or"):
+        flow_rollout(agent.velocity_field, s, noise, 2, RolloutOptions(), backend="cpu")
+    with pytest.raises(ValueError, match="rollout dtype must be one of"):
+        RolloutOptions(dtype="float16")
+    with pytest.raises(ValueError, match="rollout backend must be auto or one of"):
+        RolloutOptions(backend="tpu")

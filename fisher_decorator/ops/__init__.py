@@ -9,11 +9,13 @@ from fisher_decorator.ops.euler_rollout import (
 )
 from fisher_decorator.ops.fisher_penalty import fisher_matrix, fisher_penalty, flow_score
 from fisher_decorator.ops.gelu import gelu_tanh
+from fisher_decorator.ops.rollout_options import RolloutOptions
 from fisher_decorator.ops.velocity_jvp import fisher_quadratic_jacobian, mlp_params, velocity_jvp
 
 __all__ = [
     "BACKENDS",
     "ROLLOUT_DTYPES",
+    "RolloutOptions",
     "RolloutWorkspace",
     "available_backends",
     "backend_info",

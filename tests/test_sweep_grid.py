@@ -35,8 +35,9 @@ def test_seeds_agents_tasks():
     with pytest.raises(SweepError, match="valid agents: fidec, deflow, fql"):
         parse_agents("fidec,iql")
     paper = parse_tasks("paper")
-    assert len(paper) == 50 and paper[0] == "antmaze-large-navigate-singletask-task1-v0"
-    assert [t.rsplit("-singletask", 1)[0] for t in paper[::5]] == ogbench_families()
+    assert len(paper) == 50 + 18 and paper[0] == "antmaze-large-navigate-singletask-task1-v0"  # + D4RL (issue 11)
+    assert [t.rsplit("-singletask", 1)[0] for t in paper[:50:5]] == ogbench_families()
+    assert paper[50] == "antmaze-umaze-v2" and paper[56] == "pen-human-v1"
     assert parse_tasks("cube-single-play") == [f"cube-single-play-singletask-task{i}-v0" for i in range(1, 6)]
     assert parse_tasks(f"{CUBE1},cube-single-play,toy-bandit")[:2] == [
         CUBE1,
@@ -49,11 +50,11 @@ def test_seeds_agents_tasks():
 
 def test_grid_is_seed_major_and_complete():
     grid = expand_grid(["fidec", "deflow", "fql"], parse_tasks("paper"), parse_seeds("0-3"))
-    assert len(grid) == 3 * 50 * 4 == len(set(grid))
+    assert len(grid) == 3 * 68 * 4 == len(set(grid))
     assert grid[:3] == [
         RunSpec("antmaze-large-navigate-singletask-task1-v0", a, 0) for a in ("fidec", "deflow", "fql")
     ]
-    assert {r.seed for r in grid[:150]} == {0}  # a sweep stopped early has whole seeds
+    assert {r.seed for r in grid[:204]} == {0}  # a sweep stopped early has whole seeds
     assert grid[0].run_id == "antmaze-large-navigate-singletask-task1-v0/fidec/seed0"
     assert grid[0].rel_dir == "runs/antmaze-large-navigate-singletask-task1-v0/fidec/seed0"
 

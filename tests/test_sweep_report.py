@@ -150,6 +150,8 @@ def test_paper_numbers_are_the_listing_and_unknowns_stay_unknown():
         "scene-play": 56,
         "puzzle-3x3-play": 43,
         "puzzle-4x4-play": None,
+        "d4rl-antmaze": 87,  # SPEC's "D4RL AntMaze" row
+        "d4rl-adroit": None,
     }
     families = load_paper_scores()["families"]
     assert {f: e["fidec"] for f, e in families.items()} == listing

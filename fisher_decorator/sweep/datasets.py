@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from fisher_decorator.datasets.errors import DatasetError, DatasetNotFoundError
-from fisher_decorator.datasets.registry import OGBENCH_URL, get_recipe, parse_ogbench_task
+from fisher_decorator.datasets.registry import D4RL_DATASETS, OGBENCH_URL, get_recipe, parse_ogbench_task
 
 
 def datasets_for(tasks: list[str]) -> list[str]:
-    """The OGBench dataset names (``cube-single-play-v0``) the tasks read, in first-use order."""
-    return list(dict.fromkeys(parse_ogbench_task(t).dataset for t in tasks))
+    """The OGBench dataset names (``cube-single-play-v0``) the tasks read, in first-use order (D4RL tasks read
+    their own file, checked by :func:`prepare_datasets`)."""
+    return list(dict.fromkeys(parse_ogbench_task(t).dataset for t in tasks if t not in D4RL_DATASETS))
 
 
 def prepare_datasets(
@@ -43,6 +44,15 @@ def prepare_datasets(
     directory = Path(dataset_dir).expanduser()
     plan: dict[str, str] = {}
     downloads: list[str] = []
+    out: dict[str, dict[str, Any]] = {}
+    # D4RL: official files only, so each is either present or listed to download.
+    for name in dict.fromkeys(t for t in tasks if t in D4RL_DATASETS):
+        spec = D4RL_DATASETS[name]
+        found = [f for f in spec.candidate_files if (directory / f).exists()]
+        if found:
+            out[name] = {"source": "official", "dir": str(directory), "file": found[0]}
+        else:
+            downloads.append(f"  {name}: {spec.url} (D4RL's file; fidec data download {name})")
     for dataset in datasets_for(tasks):
         r = get_recipe(dataset)
         files = {"train": directory / r.files[0], "val": directory / r.files[1]}
@@ -70,7 +80,6 @@ def prepare_datasets(
             + "\n".join(downloads)
         )
 
-    out: dict[str, dict[str, Any]] = {}
     for dataset, action in plan.items():
         r = get_recipe(dataset)
         files = {"train": directory / r.files[0], "val": directory / r.files[1]}

@@ -17,7 +17,14 @@ from typing import Any
 
 from fisher_decorator.agents import AGENTS, overrides_for
 from fisher_decorator.config import ConfigError, train_command
-from fisher_decorator.presets import TOY_TASKS, load_presets, ogbench_families, parse_task
+from fisher_decorator.presets import (
+    D4RL_FAMILIES,
+    TOY_TASKS,
+    d4rl_tasks,
+    load_presets,
+    ogbench_families,
+    parse_task,
+)
 
 PAPER = "paper"
 
@@ -47,15 +54,18 @@ class RunSpec:
 
 
 def family_of(task: str) -> str:
-    """The paper-table row a task belongs to: its OGBench family (``cube-single-play``) or the toy's name."""
+    """The paper-table row a task belongs to: its OGBench family (``cube-single-play``), ``d4rl-antmaze`` /
+    ``d4rl-adroit``, or the toy's name."""
     info = parse_task(task)
-    return info.family if info.kind == "ogbench" else task
+    return info.family if info.kind in ("ogbench", "d4rl") else task
 
 
 def paper_tasks() -> list[str]:
-    """The paper table's tasks: task1..task5 of every family in SPEC's per-task table (tasks.json)."""
+    """The paper's tasks: task1..task5 of every family in SPEC's per-task table (tasks.json), then the authors'
+    D4RL groups (6 AntMaze, 12 Adroit datasets; their scripts/fql_scope_registry.sh)."""
     n = load_presets()["ogbench"]["tasks_per_family"]
-    return [f"{f}-singletask-task{i}-v0" for f in ogbench_families() for i in range(1, n + 1)]
+    ogbench = [f"{f}-singletask-task{i}-v0" for f in ogbench_families() for i in range(1, n + 1)]
+    return ogbench + d4rl_tasks()
 
 
 def parse_agents(text: str) -> list[str]:
@@ -69,7 +79,8 @@ def parse_agents(text: str) -> list[str]:
 
 
 def parse_tasks(text: str) -> list[str]:
-    """Comma list of: ``paper`` (the 50 tasks of the paper's table), a family (its task1..task5), a task name."""
+    """Comma list of: ``paper`` (the 50 OGBench tasks and 18 D4RL datasets), a family (its task1..task5),
+    ``d4rl-antmaze`` / ``d4rl-adroit`` (its datasets), a task name."""
     n = load_presets()["ogbench"]["tasks_per_family"]
     families = ogbench_families()
     out: list[str] = []
@@ -80,13 +91,15 @@ def parse_tasks(text: str) -> list[str]:
             out += paper_tasks()
         elif token in families:
             out += [f"{token}-singletask-task{i}-v0" for i in range(1, n + 1)]
+        elif token in D4RL_FAMILIES:
+            out += d4rl_tasks(token)
         else:
             try:
                 parse_task(token)
             except ValueError as exc:
                 raise SweepError(
-                    f"--tasks: {exc}. A token may also be '{PAPER}' (the paper's {len(families) * n} tasks) or a "
-                    f"family (its task1..task{n}): {', '.join(families)}"
+                    f"--tasks: {exc}. A token may also be '{PAPER}' (the paper's {len(paper_tasks())} tasks), a "
+                    f"family (its task1..task{n}): {', '.join(families)}, or {' / '.join(D4RL_FAMILIES)}"
                 ) from None
             out.append(token)
     if not out:
@@ -124,20 +137,26 @@ class Budget:
     """Episode counts for tiny regenerated datasets; None: OGBench's official recipe."""
     dataset_dir: str
     """``default`` or ``sweep``."""
+    families: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    """Per task family (``d4rl-antmaze``): its own ``steps`` / ``evaluations`` / ``score_evaluations``."""
 
-    def schedule(self, steps: int | None = None) -> dict[str, Any]:
-        """Train fields that depend on the number of steps: evaluation, score, checkpoint and log intervals."""
-        steps = self.steps if steps is None else int(steps)
-        if steps <= 0 or steps % self.evaluations:
+    def schedule(self, steps: int | None = None, task: str | None = None) -> dict[str, Any]:
+        """Train fields that depend on the number of steps: evaluation, score, checkpoint and log intervals
+        (of ``task``'s family where the budget gives that family its own schedule; ``steps`` replaces its steps)."""
+        own = self.families.get(family_of(task), {}) if task is not None else {}
+        evaluations = int(own.get("evaluations", self.evaluations))
+        score_evaluations = int(own.get("score_evaluations", self.score_evaluations))
+        steps = int(own.get("steps", self.steps)) if steps is None else int(steps)
+        if steps <= 0 or steps % evaluations:
             raise SweepError(
-                f"--steps {steps}: must be a positive multiple of {self.evaluations} (budget {self.name!r} "
-                f"evaluates every steps/{self.evaluations} updates, as the paper every 100k of 1M)"
+                f"--steps {steps}: must be a positive multiple of {evaluations} (budget {self.name!r} "
+                f"evaluates every steps/{evaluations} updates, as the paper every 100k of 1M)"
             )
-        interval = steps // self.evaluations
+        interval = steps // evaluations
         return {
             "steps": steps,
             "eval_interval": interval,
-            "score_steps": [steps - i * interval for i in reversed(range(self.score_evaluations))],
+            "score_steps": [steps - i * interval for i in reversed(range(score_evaluations))],
             "save_interval": min(int(self.train["save_interval"]), interval),
             "log_interval": min(int(self.train["log_interval"]), interval),
         }
@@ -164,6 +183,7 @@ def load_budgets() -> dict[str, Budget]:
             agents={k: dict(v) for k, v in b["agents"].items()},
             dataset_recipe=None if recipe == "official" else dict(recipe),
             dataset_dir=b["datasets"]["dir"],
+            families={k: dict(v) for k, v in b.get("families", {}).items()},
         )
     return out
 
@@ -211,7 +231,8 @@ class SweepDefinition:
             name = key.rpartition(".")[2]
             if name in _RESERVED:
                 raise SweepError(f"--set {key}=...: a sweep sets {name!r} itself; use {_RESERVED[name]}")
-        self.budget_obj.schedule(self.steps)  # a bad --steps fails here, before anything runs
+        for task in dict.fromkeys(self.tasks) or [None]:  # a bad --steps fails here, before anything runs
+            self.budget_obj.schedule(self.steps, task)
 
     @property
     def budget_obj(self) -> Budget:
@@ -287,7 +308,7 @@ def resolve_run(
 
     budget = definition.budget_obj
     train_flags = {k: v for k, v in budget.train.items()}
-    train_flags.update(budget.schedule(definition.steps))
+    train_flags.update(budget.schedule(definition.steps, spec.task))
     train_flags.update(
         seed=spec.seed,
         dataset_dir=str(dataset_dir),

@@ -3,7 +3,8 @@
 Arithmetic (the paper's protocol, SPEC "Per-task settings"):
 
 1. run score = mean of the run's ``evaluation/success`` at its ``score_steps`` (800k/900k/1M under the paper
-   budget), read from its ``eval.csv``; a run missing one of those evaluations has no score (never a partial mean);
+   budget; 500k for the D4RL groups), x100, read from its ``eval.csv``; D4RL Adroit: ``evaluation/normalized_score``
+   (D4RL's normalised return) instead of success (``presets.score_key``); a run missing one of those evaluations has no score (never a partial mean);
 2. family score of a seed = mean over the family's tasks in the sweep of the run scores, only if every one of
    those tasks has a score for that seed (a seed with a missing task is left out and reported as incomplete);
 3. table entry = mean and sample standard deviation (ddof 1) over the seeds with a family score, in %;
@@ -27,7 +28,7 @@ from typing import Any
 from fisher_decorator.agents import AGENTS
 from fisher_decorator.evaluation import final_score
 from fisher_decorator.logger import read_csv
-from fisher_decorator.presets import load_presets, ogbench_families
+from fisher_decorator.presets import D4RL_FAMILIES, d4rl_tasks, load_presets, ogbench_families, score_key
 from fisher_decorator.sweep.grid import family_of
 from fisher_decorator.sweep.manifest import MANIFEST
 
@@ -53,6 +54,8 @@ def family_label(family: str) -> str:
 
 
 def tasks_in_family(family: str) -> int:
+    if family in D4RL_FAMILIES:
+        return len(d4rl_tasks(family))
     return load_presets()["ogbench"]["tasks_per_family"] if family in ogbench_families() else 1
 
 
@@ -85,12 +88,16 @@ def _load_run(run_dir: Path, task: str, agent: str, seed: int, state: str, error
         return result
     train = json.loads(config.read_text())["train"]
     rows = read_csv(run_dir / "eval.csv") if (run_dir / "eval.csv").is_file() else []
-    history = [r for r in rows if SUCCESS in r]
-    scored = final_score(history, train.get("score_steps") or [], key=SUCCESS)
+    try:
+        key = score_key(task)
+    except ValueError:  # a task name this version does not know: its success, as before
+        key = SUCCESS
+    history = [r for r in rows if key in r]
+    scored = final_score(history, train.get("score_steps") or [], key=key)
     result.score = None if scored["score"] is None else 100.0 * scored["score"]
     result.score_steps = scored["score_steps"]
     result.missing_score_steps = scored["missing_score_steps"]
-    result.curve = [(int(r["step"]), 100.0 * float(r[SUCCESS])) for r in history]
+    result.curve = [(int(r["step"]), 100.0 * float(r[key])) for r in history]
     return result
 
 
@@ -138,7 +145,7 @@ def _ordered(items, order) -> list:
 def family_rows(results: list[RunResult]) -> list[dict[str, Any]]:
     """One row per (family, agent) with steps 2-4 of the arithmetic."""
     rows = []
-    families = _ordered([r.family for r in results], ogbench_families())
+    families = _ordered([r.family for r in results], [*ogbench_families(), *D4RL_FAMILIES])
     agents = _ordered([r.agent for r in results], list(AGENTS))
     for family in families:
         members = [r for r in results if r.family == family]
@@ -252,7 +259,8 @@ def markdown(results: list[RunResult], sweep: dict[str, Any] | None, curves: dic
     steps_txt = " or ".join("/".join(map(str, s)) for s in score_steps) or "n/a"
     lines += [
         "",
-        f"Score: success rate (%) of a run = mean of its evaluations at steps {steps_txt}; a family's entry is the "
+        f"Score: success rate (%) of a run = mean of its evaluations at steps {steps_txt} (D4RL Adroit: D4RL's "
+        "normalised return x100 instead of success); a family's entry is the "
         "mean over its tasks in this sweep, then mean ± sample std (ddof 1) over seeds (the number of seeds in "
         f"brackets). Paper: {source}; `{UNKNOWN}` where the listing gives no number. Δ = ours − paper "
         "(percentage points).",
@@ -288,7 +296,7 @@ def markdown(results: list[RunResult], sweep: dict[str, Any] | None, curves: dic
     if partial:
         lines += [
             "",
-            "A family with fewer tasks than the paper's 5 is averaged over the tasks this sweep ran: compare with "
+            "A family with fewer tasks than the paper's is averaged over the tasks this sweep ran: compare with "
             "the paper's number with that in mind.",
         ]
     incomplete = [r for r in frows if r["incomplete_seeds"]]

@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "fisher_decorator.commands.info",
     "fisher_decorator.commands.data",
     "fisher_decorator.commands.train",
+    "fisher_decorator.commands.finetune",
     "fisher_decorator.commands.evaluate",
     "fisher_decorator.commands.plot",
     "fisher_decorator.commands.export",

@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -262,3 +263,93 @@ class OnlineLoop:
 
 def score_text(value: float | None) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+
+def online_preset() -> dict[str, Any]:
+    """The ``online`` block of tasks.json: the online defaults and the authors' online groups."""
+    from fisher_decorator.presets import load_presets
+
+    return load_presets().get("online", {})
+
+
+def make_online_config(base: dict[str, Any] | None = None, **explicit: Any) -> OnlineConfig:
+    """OnlineConfig from ``base`` (a stored or preset dict) changed by the ``explicit`` values that are not None."""
+    from fisher_decorator.config import apply_overrides
+
+    cfg = apply_overrides(OnlineConfig(), dict(base or {}), what="online config")
+    return apply_overrides(cfg, {k: v for k, v in explicit.items() if v is not None}, what="online config")
+
+
+def default_finetune_dir(offline_run: str | Path) -> Path:
+    """``runs/cube2-fidec`` -> ``runs/cube2-fidec-online``."""
+    p = Path(offline_run)
+    return p.with_name(p.name + "-online")
+
+
+def finetune_trainer(
+    offline_run: str | Path,
+    out: str | Path | None = None,
+    *,
+    online: dict[str, Any] | None = None,
+    flags: dict[str, Any] | None = None,
+    overrides: dict[str, Any] | None = None,
+    resume: bool = False,
+    record: dict[str, Any] | None = None,
+):
+    """The :class:`~fisher_decorator.trainer.Trainer` of a fine-tuning run from ``offline_run``'s checkpoint.
+
+    The run keeps the offline run's configs (task, agent, seed, dataset) but for explicit ``flags`` (train
+    fields that may change on a resume: intervals, device, ...) and ``overrides`` (``--set``: agent fields,
+    e.g. normalize_q_loss, fix_bc_flow_online); its steps continue the offline step count. ``online``: the
+    OnlineConfig fields given (None values ignored). ``resume``: continue the run in ``out``.
+    """
+    from fisher_decorator.agents import agent_class
+    from fisher_decorator.multiseed import is_multiseed_root
+    from fisher_decorator.rundir import CHECKPOINT, RESUMABLE_CHANGES, load_run_config
+    from fisher_decorator.trainer import Trainer, split_overrides
+
+    offline_run = Path(offline_run)
+    out = Path(out) if out is not None else default_finetune_dir(offline_run)
+    if is_multiseed_root(offline_run):
+        raise ConfigError(
+            f"{offline_run} holds a multi-seed run; fine-tune one seed: --run {offline_run}/seed<i>"
+        )
+    train_cfg, agent_cfg, _ = load_run_config(offline_run)
+    ckpt = offline_run / CHECKPOINT
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"{offline_run} has no {CHECKPOINT} to fine-tune from")
+    step = int(torch.load(ckpt, map_location="cpu", mmap=True, weights_only=True)["step"])
+    set_train, set_agent = split_overrides(dict(overrides or {}), agent_class(train_cfg.agent))
+    explicit = {k: v for k, v in (flags or {}).items() if v is not None}
+    bad = sorted(k for k in {**explicit, **set_train} if k not in RESUMABLE_CHANGES or k == "steps")
+    if bad:
+        raise ConfigError(
+            f"a fine-tuning run keeps the offline run's {bad}; it may change only "
+            f"{[k for k in RESUMABLE_CHANGES if k != 'steps']} and agent fields"
+        )
+    from fisher_decorator.config import apply_overrides
+
+    train_cfg = apply_overrides(train_cfg, {**explicit, **set_train, "steps": step}, what="train config")
+    agent_cfg = apply_overrides(agent_cfg, set_agent, what=f"{train_cfg.agent} agent config")
+    stored = None
+    if resume and (out / "config.json").is_file():
+        stored = load_run_config(out)[2]
+    base = (stored or {}).get("online") or online_preset().get("online", {})
+    online_cfg = make_online_config(base, **(online or {}))
+    if resume and stored is not None:
+        train_cfg = apply_overrides(load_run_config(out)[0], {**explicit, **set_train}, what="train config")
+        agent_cfg = apply_overrides(load_run_config(out)[1], set_agent, what="agent config")
+    rec = {
+        **(record or {}),
+        "overrides": dict(overrides or {}),
+        "restored_from": {"run": str(offline_run), "checkpoint": str(ckpt), "step": step},
+    }
+    return Trainer(
+        train_cfg,
+        agent_cfg,
+        out,
+        resume=resume,
+        record=rec,
+        online=online_cfg,
+        init_from=ckpt,  # used unless the run resumes from its own checkpoint
+    )

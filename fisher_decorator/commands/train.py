@@ -6,6 +6,9 @@ fidec train ... --set fisher_t=0.9 --set actor_hidden_dims=256,256
 fidec train --out runs/cube2-fidec --resume    # continue a killed run from its checkpoint
 fidec train --agent fidec --task cube-single-play-singletask-task2-v0 --seeds 0,1,2,3 --out runs/cube2
                                                # 4 seeds stacked in one process: runs/cube2/seed<i>/
+fidec train --agent fidec --task cube-double-play-singletask-task2-v0 --online-steps 1000000 --out runs/c2
+                                               # 1M offline steps, then 1M online (fidec finetune: from a
+                                               # finished offline run)
 """
 
 from __future__ import annotations
@@ -108,9 +111,23 @@ def command_line(args: argparse.Namespace, agent: str) -> str:
         "eval_episodes",
         "eval_interval",
     )
-    flags = {name: getattr(args, name) for name in (*names, "log_interval", "save_interval", "wandb")}
+    online = ("online_steps", "balanced_sampling", "buffer_size")
+    flags = {
+        name: getattr(args, name) for name in (*names, "log_interval", "save_interval", "wandb", *online)
+    }
     sets = [item.partition("=")[::2] for item in args.set or []]
     return train_command(agent, args.task, flags, sets)
+
+
+def _online_config(args, agent: str, agents: list[str], given: dict):
+    """The run's OnlineConfig: the flags given, over a resumed run's stored online config (None: offline only)."""
+    from fisher_decorator.online import make_online_config
+
+    previous = _resumed_run(args, agent, agents, None)
+    stored = json.loads((previous / "config.json").read_text()).get("online") if previous else None
+    if stored is None and all(v is None for v in given.values()):
+        return None
+    return make_online_config(stored, **given)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -194,10 +211,20 @@ def _run(args: argparse.Namespace) -> int:
         )
         return 0
     summaries, multi = {}, {}
+    online_given = {
+        "online_steps": args.online_steps,
+        "balanced_sampling": True if args.balanced_sampling else None,
+        "buffer_size": args.buffer_size,
+    }
+    if seeds is not None and any(v is not None for v in online_given.values()):
+        raise ConfigError("online fine-tuning runs one seed per process: use --seed, not --seeds")
     if seeds is None:
         for agent, (train_cfg, agent_cfg, record) in resolved.items():
             record["command"] = command_line(args, agent)
-            trainer = Trainer(train_cfg, agent_cfg, dirs[agent], resume=args.resume, record=record)
+            online = _online_config(args, agent, agents, online_given)
+            trainer = Trainer(
+                train_cfg, agent_cfg, dirs[agent], resume=args.resume, record=record, online=online
+            )
             summaries[agent] = trainer.run()
     else:
         roots = multiseed_roots_for(args, agents)
@@ -225,6 +252,14 @@ def _run(args: argparse.Namespace) -> int:
         print(
             f"{agent}: {s['steps']} steps, {ups} updates/s, score = mean {s['score_key']} at step(s) {steps}: {score}"
         )
+        if s.get("online"):
+            from fisher_decorator.online import score_text
+
+            o = s["online"]
+            print(
+                f"  online: {o['online_steps']} steps, {o['score_key']} before {score_text(o['score_before'])}, "
+                f"after {score_text(o['score_after'])}"
+            )
         print(f"  run dir: {s['run_dir']}")
     for agent, m in multi.items():
         ups = m["updates_per_sec_per_seed"]
@@ -299,6 +334,17 @@ def register(sub) -> None:
         action="store_true",
         help="log to Weights & Biases with the authors' metric names (extra 'wandb'; --set wandb_project=...)",
     )
+    p.add_argument(
+        "--online-steps",
+        type=int,
+        help="online fine-tuning steps after the offline ones (one env step and one update each)",
+    )
+    p.add_argument(
+        "--balanced-sampling",
+        action="store_true",
+        help="online: half of each batch from the offline data, half from a separate online buffer",
+    )
+    p.add_argument("--buffer-size", type=int, help="online: replay buffer capacity (default 2000000)")
     p.add_argument("--no-plot", action="store_true", help="toy-bandit: skip the figure")
     p.add_argument("--list-tasks", action="store_true", help="list the task names and exit")
     p.add_argument("--list-fields", action="store_true", help="list every config field with its doc and exit")

@@ -260,6 +260,14 @@ class TrainConfig:
         choices=EVAL_SAMPLING,
     )
     eval_num_samples: int = option(10, "Best-of-n: candidate base actions per state.")
+    frame_stack: int | None = option(
+        None,
+        "Pixel tasks: frames per observation, stacked within an episode (training data and evaluation env).",
+    )
+    p_aug: float | None = option(
+        None,
+        "Pixel tasks: probability that a batch is randomly cropped (3-pixel edge padding, as the authors'; None: never).",
+    )
     eval_refine_steps: int = option(5, "Iterative refinement: refinement steps.")
     video_episodes: int = option(
         0, "Extra rendered episodes per evaluation, saved as GIF (needs MUJOCO_GL=egl)."
@@ -302,6 +310,9 @@ class TrainConfig:
         _positive(self, "steps", "batch_size", "log_interval", "eval_episodes", "save_interval")
         _positive(self, "eval_interval", "video_episodes", "threads", allow_zero=True)
         _positive(self, "eval_num_samples", "eval_refine_steps", "video_frame_skip")
+        _positive(self, "frame_stack")
+        if self.p_aug is not None and not 0.0 <= self.p_aug <= 1.0:
+            raise ConfigError(f"p_aug must be in [0, 1], got {self.p_aug}")
         if not 0 <= self.action_clip_eps < 1:
             raise ConfigError(f"action_clip_eps must be in [0, 1), got {self.action_clip_eps}")
         if self.device != "auto":

@@ -58,6 +58,11 @@ class Recipe:
         return f"{self.dataset}.npz", f"{self.dataset}-val.npz"
 
     @property
+    def is_visual(self) -> bool:
+        """Pixel observations (uint8 frames, memory-mapped on load: fisher_decorator.datasets.visual)."""
+        return self.dataset.startswith("visual-")
+
+    @property
     def has_button_states(self) -> bool:
         return self.env_name.startswith(("scene", "puzzle"))
 
@@ -102,6 +107,16 @@ def _build_ogbench() -> dict[str, Recipe]:
     ):
         for kind in ("play", "noisy"):
             recipes.append(_manip(f"puzzle-{size}-{kind}-v0", f"puzzle-{size}-v0", episodes, ob_dim, 0.2))
+
+    # Pixel variants (the visual-* manipulation lines of commands.sh): the same oracles and flags in the visual-*
+    # environment, whose observations are rendered 64x64x3 uint8 frames (ob_dim counts their values).
+    recipes += [
+        dataclasses.replace(
+            r, dataset=f"visual-{r.dataset}", env_name=f"visual-{r.env_name}", ob_dim=64 * 64 * 3
+        )
+        for r in list(recipes)
+        if r.family == "manipspace"
+    ]
 
     # Pointmaze: the "expert" is the maze's own oracle subgoal direction -> regenerable offline.
     for maze in ("medium", "large", "giant", "teleport"):

@@ -25,6 +25,8 @@ TOY_TASKS = ("toy-bandit",)
 D4RL_FAMILIES = ("d4rl-antmaze", "d4rl-adroit")
 SUCCESS_KEY = "evaluation/success"
 NORMALIZED_SCORE_KEY = "evaluation/normalized_score"
+VISUAL_PRESETS = "ogbench-visual"
+"""The block of tasks.json with the authors' pixel tasks (``visual_tasks()``)."""
 
 
 @functools.cache
@@ -52,6 +54,11 @@ def d4rl_tasks(family: str | None = None) -> list[str]:
     """The D4RL datasets of ``family`` (``d4rl-antmaze``: 6, ``d4rl-adroit``: 12), or of both, in the authors' order."""
     fams = [family] if family else list(D4RL_FAMILIES)
     return [t for f in fams for t in load_presets()[f]["tasks"]]
+
+
+def visual_tasks() -> list[str]:
+    """The authors' pixel tasks (task1 of visual cube-single/double, scene, puzzle-3x3/4x4), in their order."""
+    return list(load_presets()[VISUAL_PRESETS]["tasks"])
 
 
 def list_tasks() -> list[str]:
@@ -84,7 +91,11 @@ def all_ogbench_families() -> list[str]:
 def has_paper_preset(task: str) -> bool:
     """Whether ``task`` has the paper's settings (toy-bandit and the paper's families) or FQL's defaults."""
     info = parse_task(task)
-    return info.kind in ("toy", "d4rl") or info.family in ogbench_families()
+    return (
+        info.kind in ("toy", "d4rl")
+        or info.family in ogbench_families()
+        or info.family in load_presets()[VISUAL_PRESETS]["families"]
+    )
 
 
 def score_key(task: str) -> str:
@@ -122,6 +133,8 @@ def task_preset(task: str, agent: str) -> tuple[dict[str, Any], dict[str, Any]]:
     info = parse_task(task)
     presets = load_presets()
     bench = presets["toy-bandit" if info.kind == "toy" else info.family if info.kind == "d4rl" else "ogbench"]
+    if info.kind == "ogbench" and info.family in presets.get(VISUAL_PRESETS, {}).get("families", {}):
+        bench = presets[VISUAL_PRESETS]  # pixel tasks: their own schedule, encoder, frame stack and crop
     train = dict(bench.get("train", {}))
     agents = bench.get("agents", {})
     agent_over = {**agents.get("all", {}), **agents.get(agent, {})}

@@ -265,8 +265,9 @@ def register(sub) -> None:
         "datasets",
         nargs="+",
         metavar="DATASET",
-        help="an OGBench dataset (antmaze-large-navigate-v0) or family (antmaze-large-navigate), a D4RL AntMaze "
-        "dataset (antmaze-large-diverse-v2), 'paper' (the paper's 10 OGBench datasets) or 'd4rl'",
+        help="an OGBench dataset (antmaze-large-navigate-v0) or family (antmaze-large-navigate), a D4RL "
+        "dataset (antmaze-large-diverse-v2, pen-human-v1), 'paper' (the paper's 10 OGBench datasets), 'd4rl' "
+        "(all 18), 'd4rl-antmaze' or 'd4rl-adroit'",
     )
     _add_dir(q)
     q.add_argument("--mirror", help="base URL serving the same file names (default: the official URLs)")

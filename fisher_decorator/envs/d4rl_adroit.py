@@ -153,6 +153,13 @@ def state_from_file(env, states: dict[str, np.ndarray], row: int) -> dict[str, n
     return {k: np.asarray(states[k][row], dtype=np.float64) for k in keys}
 
 
+def set_state(env, state: dict[str, np.ndarray]) -> np.ndarray:
+    """Set ``env`` (any wrapping of an Adroit env) to a D4RL state (``qpos``, ``qvel`` and the env's object keys,
+    as :func:`state_from_file` gives them: gymnasium-robotics' ``set_env_state``); returns the observation there."""
+    env.unwrapped.set_env_state(state)
+    return env.unwrapped._get_obs()
+
+
 def _wrapper_base():
     import gymnasium
 
@@ -172,11 +179,6 @@ class D4RLAdroitEnv(_wrapper_base()):
         base = gymnasium.make(GYMNASIUM_IDS[env], disable_env_checker=True, **kwargs).unwrapped
         super().__init__(base)
         self.adroit_env = env
-
-    def set_env_state(self, state: dict[str, np.ndarray]) -> np.ndarray:
-        """Set the simulator to a D4RL state (``qpos``, ``qvel`` and the env's object keys); returns the obs."""
-        self.env.unwrapped.set_env_state(state)
-        return self.env.unwrapped._get_obs()
 
     def step(self, action):
         obs, _, _, truncated, info = self.env.step(action)

@@ -59,6 +59,14 @@ class TransitionSampler:
         self.generator.set_state(state.cpu())
 
 
+def sampler_for(data) -> type:
+    """The sampler class of a dataset split: :class:`TransitionSampler` (arrays as tensors on the device), or for
+    a pixel dataset ``datasets.visual.VisualSampler`` (stacked frames gathered per batch from the memory map)."""
+    from fisher_decorator.datasets.visual import VisualSampler, VisualSplit
+
+    return VisualSampler if isinstance(data, VisualSplit) else TransitionSampler
+
+
 class BatchPrefetcher:
     """The batches of ``sampler.sample(batch_size)``, in the same order, drawn ``depth`` ahead in a thread.
 

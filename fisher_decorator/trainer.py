@@ -46,7 +46,7 @@ from fisher_decorator.rundir import (  # noqa: F401 - the names' old home, still
     clear_partial_run,
     load_run_config,
 )
-from fisher_decorator.sampler import BatchPrefetcher, TransitionSampler
+from fisher_decorator.sampler import BatchPrefetcher, sampler_for
 
 
 def split_overrides(overrides: dict[str, Any], agent_cls) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -282,12 +282,19 @@ class Trainer:
         self.dtype = getattr(torch, cfg.dtype)
         self._owns_task = shared is None
         if shared is None:
-            self.task = make_task(cfg.task, dataset_dir=cfg.dataset_dir, seed=cfg.seed)
+            self.task = make_task(
+                cfg.task,
+                dataset_dir=cfg.dataset_dir,
+                seed=cfg.seed,
+                frame_stack=cfg.frame_stack,
+                p_aug=cfg.p_aug,
+            )
             self.data = self.task.load_data()
         else:
             self.task, self.data = shared.task, shared.data
         train = self.data.train
-        self.obs_dim = int(train["observations"].shape[-1])
+        obs_shape = train["observations"].shape[1:]  # pixel tasks: (H, W, C), the agent's encoders' input
+        self.obs_dim = int(obs_shape[0]) if len(obs_shape) == 1 else tuple(int(s) for s in obs_shape)
         self.action_dim = int(train["actions"].shape[-1])
         self.agent = make_agent(
             cfg.agent,
@@ -301,14 +308,14 @@ class Trainer:
         sampler_kw = dict(device=self.device, dtype=self.dtype, action_clip_eps=cfg.action_clip_eps or None)
         batches_seed = derive_seed(cfg.seed, "batches")
         if shared is None:
-            self.sampler = TransitionSampler(train, seed=batches_seed, **sampler_kw)
+            self.sampler = sampler_for(train)(train, seed=batches_seed, **sampler_kw)
         else:  # the same tensors (one copy of the dataset on the device), this run's own index stream
             self.sampler = copy.copy(shared.sampler)
             self.sampler.generator = torch.Generator().manual_seed(batches_seed)
         self.val_sampler = None
         if cfg.validation and self.data.val is not None and len(self.data.val.get("observations", ())) > 0:
             self.val_sampler = (
-                TransitionSampler(self.data.val, seed=0, **sampler_kw)
+                sampler_for(self.data.val)(self.data.val, seed=0, **sampler_kw)
                 if shared is None
                 else shared.val_sampler
             )
@@ -591,7 +598,7 @@ def load_agent(run_dir: str | Path, *, checkpoint: str | Path | None = None, dev
     dev = resolve_device(device)
     agent = make_agent(
         train_cfg.agent,
-        int(data["obs_dim"]),
+        data["obs_dim"] if isinstance(data["obs_dim"], int) else tuple(data["obs_dim"]),
         int(data["action_dim"]),
         agent_cfg,
         seed=train_cfg.seed,

@@ -45,6 +45,7 @@ from fisher_decorator.datasets.errors import DatasetError
 from fisher_decorator.datasets.fileio import sha256_file, write_json, write_npz
 from fisher_decorator.datasets.registry import Recipe, get_recipe
 from fisher_decorator.datasets.validation import read_npz, validate_ogbench_arrays
+from fisher_decorator.datasets.visual import RowChunks, open_npz, write_npz_stream
 
 GENERATOR_VERSION = 1
 """Bump when a change to this module changes the generated data (it enters the plan hash)."""
@@ -417,6 +418,8 @@ class EpisodeCollector:
 def _to_arrays(rows: dict[str, list]) -> dict[str, np.ndarray]:
     """Rows -> arrays with OGBench's dtypes (float32, bool terminals, int64 button states)."""
     dtypes = {"terminals": bool, "button_states": np.int64}
+    if rows.get("observations") and np.asarray(rows["observations"][0]).dtype == np.uint8:
+        dtypes["observations"] = np.uint8  # rendered frames stay uint8, as OGBench's script keeps them
     return {k: np.array(v, dtype=dtypes.get(k, np.float32)) for k, v in rows.items()}
 
 
@@ -687,10 +690,17 @@ def _merge_and_write(
     plan, plan_hash, records, shard_dir, dataset_dir, workers, generation_seconds, new_episodes
 ):
     recipe = plan.recipe
-    parts = [read_npz(_shard_paths(shard_dir, r["index"])[0]) for r in records]
+    # Pixel datasets: the shards' frames stay memory maps, streamed into a stored (memory-mappable) .npz.
+    visual = recipe.is_visual
+    parts = [(open_npz if visual else read_npz)(_shard_paths(shard_dir, r["index"])[0]) for r in records]
     lengths = [s["rows"] for r in records for s in r["episode_stats"]]
     train_rows = int(sum(lengths[: plan.train_episodes]))
-    merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    merged = {
+        k: RowChunks([p[k] for p in parts])
+        if visual and k == "observations"
+        else np.concatenate([p[k] for p in parts])
+        for k in parts[0]
+    }
     del parts
     splits = {
         "train": {k: v[:train_rows] for k, v in merged.items()},
@@ -727,7 +737,10 @@ def _merge_and_write(
     files = {}
     for split in ("val", "train"):
         arrays = splits[split]
-        write_npz(paths[split], arrays, compress=True)
+        if visual:
+            write_npz_stream(paths[split], arrays)
+        else:
+            write_npz(paths[split], arrays, compress=True)
         rows = int(arrays["terminals"].shape[0])
         episodes = int(arrays["terminals"].sum())
         files[split] = {

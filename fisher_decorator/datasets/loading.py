@@ -31,6 +31,7 @@ from fisher_decorator.datasets.registry import (
     parse_ogbench_task,
 )
 from fisher_decorator.datasets.validation import read_npz, validate_ogbench_arrays, validate_transitions
+from fisher_decorator.datasets.visual import load_visual_task
 
 FQL_ACTION_CLIP_EPS = 1e-5
 """FQL (and the FiDec authors) clip dataset actions to [-1 + eps, 1 - eps] after loading."""
@@ -118,7 +119,10 @@ def load_task_datasets(
     if task in D4RL_DATASETS:
         data, episode_length = _load_d4rl(task, D4RL_DATASETS[task], directory, explicit_dir)
     else:
-        data, episode_length = _load_ogbench(parse_ogbench_task(task), directory, validate)
+        t = parse_ogbench_task(task)
+        if t.recipe.is_visual:  # pixel tasks: the frames memory-mapped, never a float copy
+            return load_visual_task(t, directory, validate=validate, action_clip_eps=action_clip_eps)
+        data, episode_length = _load_ogbench(t, directory, validate)
     for split, path in zip((data.train, data.val), data.files):
         if split is None:
             continue

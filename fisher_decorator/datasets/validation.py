@@ -180,6 +180,10 @@ def validate_ogbench_arrays(
     ``episode_rows``: every episode must have this many rows (``max_episode_steps``; OGBench's recipes never end
     an episode early). Defaults to the recipe's.
     """
+    if recipe is not None and recipe.is_visual:  # uint8 frames, never read whole (they may be memory maps)
+        from fisher_decorator.datasets.visual import validate_visual_arrays
+
+        return validate_visual_arrays(arrays, name, episode_rows or recipe.max_episode_steps)
     required = ogbench_required_keys(recipe)
     missing = [k for k in required if k not in arrays]
     if missing:

@@ -14,6 +14,8 @@ import warnings
 
 import numpy as np
 
+from fisher_decorator.datasets.visual import FrameStack, set_visual_options
+
 
 def _quiet_imports():
     # glfw warns about a missing X11 display although rendering goes through EGL/OSMesa or not at all.
@@ -42,10 +44,17 @@ def make_env(task: str, *, render: bool = False, render_size: int = 200):
 class OGBenchTask:
     """One OGBench single task: its datasets and episode-by-episode evaluation."""
 
-    def __init__(self, task: str, dataset_dir: str | None = None):
+    def __init__(
+        self,
+        task: str,
+        dataset_dir: str | None = None,
+        frame_stack: int | None = None,
+        p_aug: float | None = None,
+    ):
         _quiet_imports()
         self.name = task
         self.dataset_dir = dataset_dir
+        self.frame_stack, self.p_aug = frame_stack, p_aug  # pixel tasks (datasets.visual)
         self._env = None
         self._render_env = None
         self.obs_dim: int | None = None
@@ -55,6 +64,7 @@ class OGBenchTask:
         from fisher_decorator.datasets import load_task_datasets
 
         data = load_task_datasets(self.name, self.dataset_dir, validate=True)
+        set_visual_options(data, self.frame_stack, self.p_aug)
         self.obs_dim = int(data.train["observations"].shape[-1])
         self.action_dim = int(data.train["actions"].shape[-1])
         return data
@@ -70,11 +80,14 @@ class OGBenchTask:
         return self._env
 
     def _run_episode(self, env, act, seed: int, frame_skip: int | None):
+        stack = FrameStack(self.frame_stack)  # pixel tasks: frames stacked as in the training data
         obs, info = env.reset(seed=seed)
+        obs = stack.reset(obs)
         done, ret, length, frames = False, 0.0, 0, []
         while not done:
             action = np.clip(np.asarray(act(np.asarray(obs, dtype=np.float32)[None]))[0], -1.0, 1.0)
             obs, reward, terminated, truncated, info = env.step(action)
+            obs = stack.step(obs)
             done = terminated or truncated
             ret += float(reward)
             length += 1

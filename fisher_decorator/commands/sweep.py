@@ -151,7 +151,7 @@ def register(sub) -> None:
     )
     g = p.add_argument_group("what to run (stored in <out>/sweep.json; omit to continue the stored sweep)")
     g.add_argument("--agents", help="comma list: fidec, deflow, fql")
-    g.add_argument("--tasks", help="comma list of tasks, families, or 'paper'")
+    g.add_argument("--tasks", help="comma list of tasks, families, 'paper', or 'visual' (the 5 pixel tasks)")
     g.add_argument("--seeds", help="e.g. 0-3, 0,2,5")
     g.add_argument(
         "--budget", help="paper (default: 1M steps, as the authors) or small (minutes); --list-budgets"

@@ -24,9 +24,12 @@ from fisher_decorator.presets import (
     load_presets,
     ogbench_families,
     parse_task,
+    visual_tasks,
 )
 
 PAPER = "paper"
+VISUAL = "visual"
+"""``--tasks visual``: the authors' five pixel tasks (presets' ogbench-visual block), not part of ``paper``."""
 
 
 class SweepError(ConfigError):
@@ -79,7 +82,8 @@ def parse_agents(text: str) -> list[str]:
 
 
 def parse_tasks(text: str) -> list[str]:
-    """Comma list of: ``paper`` (the 50 OGBench tasks and 18 D4RL datasets), a family (its task1..task5),
+    """Comma list of: ``paper`` (the 50 OGBench tasks and 18 D4RL datasets), ``visual`` (the authors' 5 pixel
+    tasks, task1 each), a family (its task1..task5),
     ``d4rl-antmaze`` / ``d4rl-adroit`` (its datasets), a task name."""
     n = load_presets()["ogbench"]["tasks_per_family"]
     families = ogbench_families()
@@ -89,6 +93,8 @@ def parse_tasks(text: str) -> list[str]:
             continue
         if token == PAPER:
             out += paper_tasks()
+        elif token == VISUAL:
+            out += visual_tasks()
         elif token in families:
             out += [f"{token}-singletask-task{i}-v0" for i in range(1, n + 1)]
         elif token in D4RL_FAMILIES:
@@ -98,7 +104,8 @@ def parse_tasks(text: str) -> list[str]:
                 parse_task(token)
             except ValueError as exc:
                 raise SweepError(
-                    f"--tasks: {exc}. A token may also be '{PAPER}' (the paper's {len(paper_tasks())} tasks), a "
+                    f"--tasks: {exc}. A token may also be '{PAPER}' (the paper's {len(paper_tasks())} tasks), "
+                    f"'{VISUAL}' (the {len(visual_tasks())} pixel tasks), a "
                     f"family (its task1..task{n}): {', '.join(families)}, or {' / '.join(D4RL_FAMILIES)}"
                 ) from None
             out.append(token)

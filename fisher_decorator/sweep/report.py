@@ -28,7 +28,14 @@ from typing import Any
 from fisher_decorator.agents import AGENTS
 from fisher_decorator.evaluation import final_score
 from fisher_decorator.logger import read_csv
-from fisher_decorator.presets import D4RL_FAMILIES, d4rl_tasks, load_presets, ogbench_families, score_key
+from fisher_decorator.presets import (
+    D4RL_FAMILIES,
+    VISUAL_PRESETS,
+    d4rl_tasks,
+    load_presets,
+    ogbench_families,
+    score_key,
+)
 from fisher_decorator.sweep.grid import family_of
 from fisher_decorator.sweep.manifest import MANIFEST
 
@@ -48,9 +55,16 @@ def paper_score(family: str, agent: str) -> float | None:
     return None if entry is None else entry.get(agent)
 
 
+def visual_families() -> list[str]:
+    """The pixel group (the authors' ogbench_pixel): its families, after the state and D4RL ones in every table."""
+    return list(load_presets()[VISUAL_PRESETS]["families"])
+
+
 def family_label(family: str) -> str:
     entry = load_paper_scores()["families"].get(family)
-    return entry["label"] if entry else family
+    if entry:
+        return entry["label"]
+    return f"{family.removesuffix('-play')} (pixels)" if family in visual_families() else family
 
 
 def tasks_in_family(family: str) -> int:
@@ -145,7 +159,9 @@ def _ordered(items, order) -> list:
 def family_rows(results: list[RunResult]) -> list[dict[str, Any]]:
     """One row per (family, agent) with steps 2-4 of the arithmetic."""
     rows = []
-    families = _ordered([r.family for r in results], [*ogbench_families(), *D4RL_FAMILIES])
+    families = _ordered(
+        [r.family for r in results], [*ogbench_families(), *D4RL_FAMILIES, *visual_families()]
+    )
     agents = _ordered([r.agent for r in results], list(AGENTS))
     for family in families:
         members = [r for r in results if r.family == family]

@@ -219,3 +219,15 @@ def test_report_shows_the_d4rl_groups(tmp_path):
     md = markdown(results, None, {})
     assert "| D4RL AntMaze | 1 of 6 | 25.0 (1 seed) | 87 |" in md
     assert "| D4RL Adroit | 1 of 12 | 60.0 (1 seed) | unknown |" in md
+
+
+def test_sweep_checks_d4rl_files_before_any_run(tmp_path):
+    from fisher_decorator.sweep.datasets import prepare_datasets
+
+    with pytest.raises(DatasetNotFoundError, match=r"door-human-v1: .*hand_dapg_v1/door-human-v1\.hdf5"):
+        prepare_datasets(["antmaze-umaze-v2", "door-human-v1"], tmp_path, None, progress=False)
+    _write(tmp_path / "door-human-v1.hdf5", _raw(10, 39, 28))
+    _write(tmp_path / D4RL_DATASETS["antmaze-umaze-v2"].official_file, _raw(10, 29, 8))
+    out = prepare_datasets(["antmaze-umaze-v2", "door-human-v1"], tmp_path, None, progress=False)
+    assert out["door-human-v1"] == {"source": "official", "dir": str(tmp_path), "file": "door-human-v1.hdf5"}
+    assert out["antmaze-umaze-v2"]["file"] == D4RL_DATASETS["antmaze-umaze-v2"].official_file

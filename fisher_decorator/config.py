@@ -288,7 +288,9 @@ class TrainConfig:
         True, "At log steps, also log the losses on a validation batch when there is a split."
     )
     device: str = option("auto", "Torch device: auto (cuda if available), cpu, cuda, cuda:1, ...")
-    threads: int = option(0, "torch.set_num_threads (0: leave torch's default).")
+    threads: int = option(
+        0, "torch.set_num_threads (0: the CPUs this process may use: its affinity mask and cgroup CPU quota)."
+    )
     prefetch: int = option(2, "Batches drawn ahead in a background thread while an update runs (0: none).")
     dtype: str = option("float32", "Parameter dtype.", choices=("float32", "float64"))
     tensorboard: bool = option(True, "Write TensorBoard event files next to the CSV logs.")

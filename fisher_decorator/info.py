@@ -3,6 +3,7 @@ it; ``fidec info`` prints it)."""
 
 from __future__ import annotations
 
+import os
 import platform
 
 import torch
@@ -41,8 +42,10 @@ def device_name(device: torch.device | str = "cpu") -> str:
 def environment() -> dict:
     """What a benchmark row or a run's config records about the machine and the software."""
     from fisher_decorator import __version__
+    from fisher_decorator.gemm_path import record as gemm_path_record
     from fisher_decorator.ops import backend_info
     from fisher_decorator.ops._extension import cpu_kernel_isa
+    from fisher_decorator.threads import usable_cpus
 
     try:
         import triton
@@ -62,6 +65,9 @@ def environment() -> dict:
         ),
         "cpu_kernels": cpu_kernel_isa(),
         "torch_threads": torch.get_num_threads(),
+        "usable_cpus": usable_cpus(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "gemm_path": gemm_path_record(),
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "backends": backend_info(),
     }

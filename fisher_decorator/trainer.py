@@ -276,8 +276,9 @@ class Trainer:
         """Device, task, data, agent and samplers. ``shared``: a trainer of the same task (another seed
         of a multi-seed run) whose task, data and device-resident dataset this one reuses."""
         cfg = self.cfg
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        from fisher_decorator.threads import configure_threads
+
+        configure_threads(cfg.threads)  # 0: the CPUs this process may use (affinity mask, cgroup quota)
         self.device = resolve_device(cfg.device)
         self.dtype = getattr(torch, cfg.dtype)
         self._owns_task = shared is None

@@ -29,7 +29,8 @@ from fisher_decorator.agents.step import apply_step, clip_gradients_
 from fisher_decorator.config import ConfigError, _positive, option, validate
 from fisher_decorator.encoders import ENCODER_DTYPES, ENCODERS, make_encoder
 from fisher_decorator.flows import flow_matching_target, flow_rollout
-from fisher_decorator.networks import CriticEnsemble, VelocityField
+from fisher_decorator.gemm_path import GEMM_PATHS, configure_gemm_path
+from fisher_decorator.networks import AUTOCAST_DTYPES, CriticEnsemble, VelocityField, set_autocast
 from fisher_decorator.ops import BACKENDS, ROLLOUT_DTYPES, RolloutWorkspace
 
 Batch = dict[str, torch.Tensor]
@@ -94,6 +95,18 @@ class AgentConfig:
         "Precision of the rollouts' GEMMs (bfloat16: CPU with AVX-512 bf16 or GPU; tf32: Ampere+ GPU). "
         "Rollout states, losses and updates stay fp32.",
         choices=ROLLOUT_DTYPES,
+    )
+    gemm_path: str = option(
+        "auto",
+        "CPU GEMM path of the networks, rollouts and JVP: auto (the faster of MKL and oneDNN on this machine, "
+        "measured by a short probe cached per machine and torch version), mkl or onednn. Recorded in config.json.",
+        choices=GEMM_PATHS,
+    )
+    autocast: str = option(
+        "none",
+        "bfloat16: the networks' forward and backward under autocast (bf16 GEMMs and activations; parameters, "
+        "Adam and losses stay fp32). With rollout_dtype=bfloat16 the whole update's GEMMs run in bf16.",
+        choices=AUTOCAST_DTYPES,
     )
     encoder: str | None = option(
         None,
@@ -201,6 +214,8 @@ class FlowAgent(nn.Module):
             self._attach_encoders(dtype)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.to(self.device)
+        configure_gemm_path(config.gemm_path, self.device)  # measured once per machine, then cached
+        set_autocast(self, config.autocast)
         self.noise_generator = torch.Generator(device=self.device).manual_seed(derive_seed(seed, "noise"))
         self.rollout_workspace = RolloutWorkspace()  # rollout buffers, reused across updates
         fused = (

@@ -4,8 +4,8 @@ The fused rollout computes the state part of the first layer, ``W_s s + b``, onc
 step i the time input is folded into that per-state bias (``+ (i/N) w_t``), and the K samples of
 every state go through each layer as one (B*K)-row GEMM. Bias add and GELU-tanh run as one
 vectorised pass in place (``fidec::bias_gelu_``, ~3x faster than ATen's GELU-tanh on CPU) after a
-GEMM into a reused buffer; in bf16 on CPU the hidden layers use oneDNN's fused linear + GELU
-instead, which measured faster there (benchmarks/bench_mlp_ops.py). Buffers live in a
+GEMM into a reused buffer, or oneDNN's fused linear + GELU where this machine's GEMM-path probe
+measured it faster (:mod:`fisher_decorator.gemm_path`). Buffers live in a
 :class:`RolloutWorkspace` and are reused across steps and calls, so the Euler loop allocates
 nothing of its own. GEMMs can run in bf16 (CPU with AVX-512 bf16, GPU) or tf32 (Ampere+ GPU); the
 state ``x`` is always accumulated in fp32. Under torch.compile a functional form of the same
@@ -15,38 +15,22 @@ computation is traced instead, and inductor does the fusing.
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from fdkernels.euler_rollout import euler_rollout_ref, euler_rollout_triton
+from fisher_decorator import gemm_path
 from fisher_decorator.ops._extension import _load, resolve_backend
 from fisher_decorator.ops.velocity_jvp import Params, check_velocity_inputs, mlp_params
 
 ROLLOUT_DTYPES = ("float32", "bfloat16", "tf32")
 
 
-@functools.cache
 def onednn_linear_gelu_available() -> bool:
-    """Whether this torch has oneDNN's fused linear + GELU-tanh (``mkldnn._linear_pointwise``, a
-    private op), and it computes the plain chain's values on a tiny probe."""
-    op = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
-    if op is None or not torch.backends.mkldnn.is_available():
-        return False
-    try:
-        g = torch.Generator().manual_seed(0)
-        a, w, b = (
-            torch.randn(5, 8, generator=g),
-            torch.randn(16, 8, generator=g),
-            torch.randn(16, generator=g),
-        )
-        got = op(a, w, b, "gelu", [], "tanh")
-        want = torch.nn.functional.gelu(a @ w.t() + b, approximate="tanh")
-        return bool(torch.allclose(got, want, rtol=1e-5, atol=1e-5))
-    except (RuntimeError, TypeError):
-        return False
+    """Whether this torch has oneDNN's fused linear + GELU-tanh (:func:`fisher_decorator.gemm_path.onednn_available`)."""
+    return gemm_path.onednn_available()
 
 
 class RolloutWorkspace:
@@ -262,7 +246,8 @@ def euler_rollout(
             bf16, x accumulated in fp32) or "tf32" (CUDA only: fp32 storage, TF32 tensor-core GEMMs).
         workspace: buffers to reuse (default: a module-level one; use one per thread).
         hidden_impl: "auto", "onednn" (oneDNN fused linear+GELU, CPU) or "mm" (GEMM into a reused buffer
-            + the in-place bias+GELU kernel). "auto": "mm", except oneDNN for bf16 on CPU.
+            + the in-place bias+GELU kernel). "auto": the GEMM path chosen for this machine and dtype
+            (:func:`fisher_decorator.gemm_path.configure`; "mm" before it is configured).
 
     Returns:
         actions with ``noise``'s shape and dtype.
@@ -301,7 +286,10 @@ def euler_rollout(
         raise RuntimeError(
             "hidden_impl='onednn' needs CPU tensors in fp32/bf16 and torch's mkldnn._linear_pointwise"
         )
-    use_onednn = (onednn_ok and dtype == torch.bfloat16) if hidden_impl == "auto" else hidden_impl == "onednn"
+    if hidden_impl == "auto":
+        use_onednn = onednn_ok and gemm_path.path_for(dtype, "linear_gelu") == "onednn"
+    else:
+        use_onednn = hidden_impl == "onednn"
     ws = workspace or _DEFAULT_WORKSPACE
     layers = [(ws.cast(w, dtype)[None], ws.cast(b, dtype)[None]) for w, b in params]  # the S = 1 stack
     with _tf32(tf32):

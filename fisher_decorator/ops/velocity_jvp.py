@@ -14,6 +14,7 @@ from torch import nn
 
 from fdkernels.time import time_column, time_matrix
 from fdkernels.velocity_jvp import velocity_jvp_ref, velocity_jvp_triton
+from fisher_decorator.gemm_path import matmul_t
 from fisher_decorator.ops import gelu as _gelu  # noqa: F401  (fake impls of the GELU ops)
 from fisher_decorator.ops._extension import resolve_backend
 
@@ -64,11 +65,12 @@ def check_velocity_inputs(params: Params, s: torch.Tensor, x: torch.Tensor, name
 
 
 def _jvp_forward_compiled(params, s, x, t, tangent):
-    """torch GEMMs + the fused C++/CUDA gelu_jvp kernel; returns (v, jv, saved gelu' per hidden layer)."""
+    """torch GEMMs (on this machine's GEMM path) + the fused C++/CUDA gelu_jvp kernel; returns (v, jv, saved
+    gelu' per hidden layer)."""
     obs, d = s.shape[1], x.shape[1]
     w1, b1 = params[0]
     inp = torch.cat([s, x, time_column(t, x)], dim=-1)
-    h = inp @ w1.t()
+    h = matmul_t(inp, w1)
     th = tangent @ w1[:, obs : obs + d].t()
     if len(params) == 1:
         return h + b1, th, []
@@ -76,7 +78,7 @@ def _jvp_forward_compiled(params, s, x, t, tangent):
     saved = [dy]
     n = a.shape[0]
     for i, (w, b) in enumerate(params[1:], start=1):
-        y = torch.cat([a, ta]) @ w.t()  # primal and tangent rows in one GEMM
+        y = matmul_t(torch.cat([a, ta]), w)  # primal and tangent rows in one GEMM
         h, th = y[:n], y[n:]
         if i == len(params) - 1:
             return h + b, th, saved

@@ -48,11 +48,24 @@ def offline_run(tmp_path_factory) -> Path:
     return out
 
 
-def test_train_with_online_steps_through_the_cli(tmp_path, capsys):
-    out = tmp_path / "run"
-    args = ["--steps", "10", "--online-steps", "12", "--buffer-size", "30000", *SCHEDULE, *TINY_SETS]
-    assert _train(out, *args) == 0
-    text = capsys.readouterr().out
+ONLINE_ARGS = ["--steps", "10", "--online-steps", "12", "--buffer-size", "30000", *SCHEDULE, *TINY_SETS]
+
+
+@pytest.fixture(scope="module")
+def online_run(tmp_path_factory) -> tuple[Path, str]:
+    """10 offline then 12 online steps, straight through (``fidec train --online-steps``), and its output."""
+    import contextlib
+    import io
+
+    out = tmp_path_factory.mktemp("online") / "straight"
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        assert _train(out, *ONLINE_ARGS) == 0
+    return out, text.getvalue()
+
+
+def test_train_with_online_steps_through_the_cli(online_run):
+    out, text = online_run
     assert "online: 12 steps, evaluation/success before " in text
     summary = json.loads((out / "summary.json").read_text())
     online = summary["online"]
@@ -192,9 +205,8 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
-def test_a_killed_online_run_resumes_through_the_cli(tmp_path):
-    args = ["--steps", "10", "--online-steps", "12", "--buffer-size", "100", *SCHEDULE, *TINY_SETS]
-    assert _train(tmp_path / "straight", *args) == 0
+def test_a_killed_online_run_resumes_through_the_cli(tmp_path, online_run):
+    straight, args = online_run[0], ONLINE_ARGS
     out, marker = tmp_path / "killed", tmp_path / "marker"
     cmd = [sys.executable, "-c", _BLOCK_AFTER, str(marker), "train", "--agent", "fidec", "--out", str(out)]
     proc = subprocess.Popen([*cmd, "--no-progress", "--no-plot", *args], cwd=ROOT)
@@ -208,8 +220,8 @@ def test_a_killed_online_run_resumes_through_the_cli(tmp_path):
     state = load_checkpoint(out / "checkpoint.pt")
     assert state["step"] == 15 and state["online"]["transitions"] == 5
     assert _train(out, "--resume") == 0
-    a, b = (load_checkpoint(d / "checkpoint.pt") for d in (tmp_path / "straight", out))
+    a, b = (load_checkpoint(d / "checkpoint.pt") for d in (straight, out))
     assert_states_equal(a["agent"]["model"], b["agent"]["model"])
     assert_states_equal(a["online"]["batch_generator"], b["online"]["batch_generator"])
-    assert np.array_equal(_chunks(tmp_path / "straight")["actions"], _chunks(out)["actions"])
+    assert np.array_equal(_chunks(straight)["actions"], _chunks(out)["actions"])
     assert json.loads((out / "config.json").read_text())["resumed_at"] == [15]

@@ -31,7 +31,7 @@ from fisher_decorator.encoders import ENCODER_DTYPES, ENCODERS, make_encoder
 from fisher_decorator.flows import flow_matching_target, flow_rollout
 from fisher_decorator.gemm_path import GEMM_PATHS, configure_gemm_path
 from fisher_decorator.networks import AUTOCAST_DTYPES, CriticEnsemble, VelocityField, set_autocast
-from fisher_decorator.ops import BACKENDS, ROLLOUT_DTYPES, RolloutWorkspace
+from fisher_decorator.ops import BACKENDS, ROLLOUT_DTYPES, RolloutOptions
 
 Batch = dict[str, torch.Tensor]
 Info = dict[str, torch.Tensor]
@@ -217,7 +217,8 @@ class FlowAgent(nn.Module):
         configure_gemm_path(config.gemm_path, self.device)  # measured once per machine, then cached
         set_autocast(self, config.autocast)
         self.noise_generator = torch.Generator(device=self.device).manual_seed(derive_seed(seed, "noise"))
-        self.rollout_workspace = RolloutWorkspace()  # rollout buffers, reused across updates
+        # backend, GEMM dtype and the rollout buffers reused across updates, held once
+        self.rollout_options = RolloutOptions(config.rollout_backend, config.rollout_dtype)
         fused = (
             config.fused_adam
             and self.device.type in ("cpu", "cuda")
@@ -303,9 +304,7 @@ class FlowAgent(nn.Module):
             self.velocity_field.select_obs(obs),  # pixel tasks: the flow's own feature columns
             noise,
             cfg.flow_steps,
-            backend=cfg.rollout_backend,
-            rollout_dtype=cfg.rollout_dtype,
-            workspace=self.rollout_workspace,
+            self.rollout_options,
         )
 
     def policy_actions(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

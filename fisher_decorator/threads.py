@@ -65,14 +65,23 @@ def threads_per_run(parallel_runs: int, cpus: int | None = None) -> int:
     return max(1, cpus // parallel_runs)
 
 
+def _env_threads() -> int | None:
+    """``OMP_NUM_THREADS`` when it is a positive integer (a sweep's per-run share, or the user's choice)."""
+    try:
+        n = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        return None
+    return n if n > 0 else None
+
+
 def configure_threads(threads: int = 0) -> int:
-    """``torch.set_num_threads(threads or usable_cpus())``; returns the count set.
+    """``torch.set_num_threads``: ``threads``, else ``OMP_NUM_THREADS``, else :func:`usable_cpus`; returns it.
 
     torch's own default is the machine's core count, which ignores a cgroup quota (a 2-CPU container on a
     64-core host would run 64 threads on 2 CPUs' worth of time)."""
     import torch
 
-    n = int(threads) if threads else usable_cpus()
+    n = int(threads) if threads else (_env_threads() or usable_cpus())
     if n < 1:
         raise ValueError(f"threads must be >= 1 (or 0: the usable CPUs), got {threads}")
     if torch.get_num_threads() != n:

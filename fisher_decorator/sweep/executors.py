@@ -14,7 +14,6 @@ NFS: the workers read their configs from it and write their runs into it.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -25,6 +24,7 @@ from typing import Any
 
 from fisher_decorator.sweep import worker
 from fisher_decorator.sweep.grid import SweepError
+from fisher_decorator.threads import threads_per_run, usable_cpus
 
 STOP_GRACE_S = 30.0
 
@@ -74,10 +74,8 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
 
 
 def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    """CPUs this process may use: its affinity mask and cgroup CPU quota (fisher_decorator.threads)."""
+    return usable_cpus()
 
 
 # ------------------------------------------------------------------------------------------------ local pool
@@ -99,6 +97,12 @@ class PoolExecutor:
             self.capacity = min(self.capacity, sum(self.gpu_free))
         self.procs: dict[str, tuple[Any, Work, int | None]] = {}
         self._events: list[Event] = []
+
+    def threads_for(self, cpus_per_run: int) -> int:
+        """torch threads of each run: ``cpus_per_run``, but never more in all than this machine's usable CPUs
+        (``--workers`` x ``--cpus-per-run`` beyond them would oversubscribe the cores: OpenMP barriers then wait
+        on preempted threads, several times slower than fewer threads)."""
+        return min(cpus_per_run, threads_per_run(self.capacity))
 
     def describe(self) -> str:
         gpus = "" if self.gpu_free is None else f" over {len(self.gpu_free)} GPU(s)"
@@ -218,6 +222,10 @@ class RayExecutor:
         )
         self.refs: dict[Any, Work] = {}
         self.unstarted: dict[str, Work] = {}
+
+    def threads_for(self, cpus_per_run: int) -> int:
+        """Ray reserves ``cpus_per_run`` CPUs for each run: that many threads never oversubscribe a node."""
+        return cpus_per_run
 
     def describe(self) -> str:
         where = f"cluster at {self.address}" if self.address else "local Ray instance"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import signal
 import time
 import uuid
@@ -23,6 +24,7 @@ from fisher_decorator.sweep.executors import Work, cpu_count, make_executor
 from fisher_decorator.sweep.grid import ResolvedRun, SweepDefinition, SweepError, resolve_run
 from fisher_decorator.sweep.manifest import Manifest, SweepLock, now
 from fisher_decorator.sweep.worker import RUN_FILE
+from fisher_decorator.threads import WAIT_POLICY_ENV
 
 SWEEP_FILE = "sweep.json"
 SUMMARY_FILE = "summary.json"
@@ -148,8 +150,10 @@ class _Driver:
             "record": run.record,
         }
         write_json(run_dir / RUN_FILE, payload)
-        threads = str(self.resources.cpus_per_run)
+        threads = str(self.executor.threads_for(self.resources.cpus_per_run))
         env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        # waiting OpenMP threads sleep (fisher_decorator.threads), unless the user's environment chose otherwise
+        env[WAIT_POLICY_ENV] = os.environ.get(WAIT_POLICY_ENV, "PASSIVE")
         self.executor.submit(Work(rid, run_dir, token, env))
         self.inflight[token] = rid
         self.attempts[rid] += 1

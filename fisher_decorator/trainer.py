@@ -328,6 +328,12 @@ class Trainer:
         online = {}
         if self.online_cfg is not None:
             online["online"] = to_dict(self.online_cfg)
+        if self.init_from is not None:  # where the agent came from (fidec report reads the score before)
+            online["restored_from"] = {
+                "run": str(self.init_from.parent),
+                "checkpoint": str(self.init_from),
+                "step": self.first_step,
+            }
         return {
             "train": to_dict(self.cfg),
             "agent": to_dict(self.agent_cfg),

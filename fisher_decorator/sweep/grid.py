@@ -28,6 +28,22 @@ from fisher_decorator.presets import (
 )
 
 PAPER = "paper"
+#: a task token with this suffix runs offline-to-online: an offline run, then a fine-tuning run from its checkpoint
+ONLINE_SUFFIX = "@o2o"
+
+
+def online_groups() -> dict[str, list[str]]:
+    """The authors' offline-to-online groups (tasks.json ``online.groups``): o2o_ogbench5, o2o_d4rl_antmaze6, ..."""
+    return dict(load_presets().get("online", {}).get("groups", {}))
+
+
+def split_online(token: str) -> tuple[str, bool]:
+    """``cube-...-v0@o2o`` -> (``cube-...-v0``, True); a plain task -> (task, False)."""
+    if token.endswith(ONLINE_SUFFIX):
+        return token[: -len(ONLINE_SUFFIX)], True
+    return token, False
+
+
 VISUAL = "visual"
 """``--tasks visual``: the authors' five pixel tasks (presets' ogbench-visual block), not part of ``paper``."""
 
@@ -46,14 +62,26 @@ class RunSpec:
     task: str
     agent: str
     seed: int
+    stage: str = ""
+    """"" (an offline run), or ``o2o-offline`` / ``o2o-online``: the two runs of an offline-to-online task."""
 
     @property
     def run_id(self) -> str:
-        return f"{self.task}/{self.agent}/seed{self.seed}"
+        base = f"{self.task}/{self.agent}/seed{self.seed}"
+        return f"{base}/{self.stage}" if self.stage else base
 
     @property
     def rel_dir(self) -> str:
+        if self.stage:
+            return f"runs/o2o/{self.task}/{self.agent}/seed{self.seed}/{self.stage.removeprefix('o2o-')}"
         return f"runs/{self.task}/{self.agent}/seed{self.seed}"
+
+    @property
+    def depends_on(self) -> list[str]:
+        """The runs that must be done before this one starts (a fine-tuning run: its offline run)."""
+        if self.stage == "o2o-online":
+            return [RunSpec(self.task, self.agent, self.seed, "o2o-offline").run_id]
+        return []
 
 
 def family_of(task: str) -> str:
@@ -84,14 +112,24 @@ def parse_agents(text: str) -> list[str]:
 def parse_tasks(text: str) -> list[str]:
     """Comma list of: ``paper`` (the 50 OGBench tasks and 18 D4RL datasets), ``visual`` (the authors' 5 pixel
     tasks, task1 each), a family (its task1..task5),
-    ``d4rl-antmaze`` / ``d4rl-adroit`` (its datasets), a task name."""
+    ``d4rl-antmaze`` / ``d4rl-adroit`` (its datasets), a task name, an offline-to-online group (``o2o_ogbench5``,
+    ``o2o_d4rl_antmaze6``, ``o2o_d4rl_adroit4``: its tasks as ``<task>@o2o``) or ``<task>@o2o``."""
     n = load_presets()["ogbench"]["tasks_per_family"]
     families = ogbench_families()
+    groups = online_groups()
     out: list[str] = []
     for token in (t.strip() for t in text.split(",")):
         if not token:
             continue
-        if token == PAPER:
+        if token in groups:
+            out += [f"{t}{ONLINE_SUFFIX}" for t in groups[token]]
+        elif split_online(token)[1]:
+            try:
+                parse_task(split_online(token)[0])
+            except ValueError as exc:
+                raise SweepError(f"--tasks {token}: {exc}") from None
+            out.append(token)
+        elif token == PAPER:
             out += paper_tasks()
         elif token == VISUAL:
             out += visual_tasks()
@@ -106,7 +144,8 @@ def parse_tasks(text: str) -> list[str]:
                 raise SweepError(
                     f"--tasks: {exc}. A token may also be '{PAPER}' (the paper's {len(paper_tasks())} tasks), "
                     f"'{VISUAL}' (the {len(visual_tasks())} pixel tasks), a "
-                    f"family (its task1..task{n}): {', '.join(families)}, or {' / '.join(D4RL_FAMILIES)}"
+                    f"family (its task1..task{n}): {', '.join(families)}, {' / '.join(D4RL_FAMILIES)}, or an "
+                    f"offline-to-online group: {', '.join(groups)}"
                 ) from None
             out.append(token)
     if not out:
@@ -122,8 +161,18 @@ def _unique(items: list, what: str) -> list:
 
 
 def expand_grid(agents: list[str], tasks: list[str], seeds: list[int]) -> list[RunSpec]:
-    """Every (task, agent, seed), seed-major: a sweep stopped half-way has whole seeds of the table."""
-    return [RunSpec(t, a, s) for s in seeds for t in tasks for a in agents]
+    """Every (task, agent, seed), seed-major: a sweep stopped half-way has whole seeds of the table. A ``<task>@o2o``
+    gives two runs: offline, then online from its checkpoint (the online run depends on the offline one)."""
+    out = []
+    for s in seeds:
+        for token in tasks:
+            task, online = split_online(token)
+            for a in agents:
+                if online:
+                    out += [RunSpec(task, a, s, "o2o-offline"), RunSpec(task, a, s, "o2o-online")]
+                else:
+                    out.append(RunSpec(task, a, s))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ budgets
@@ -238,8 +287,9 @@ class SweepDefinition:
             name = key.rpartition(".")[2]
             if name in _RESERVED:
                 raise SweepError(f"--set {key}=...: a sweep sets {name!r} itself; use {_RESERVED[name]}")
-        for task in dict.fromkeys(self.tasks) or [None]:  # a bad --steps fails here, before anything runs
-            self.budget_obj.schedule(self.steps, task)
+        for token in dict.fromkeys(self.tasks) or [None]:  # a bad --steps fails here, before anything runs
+            task, online = split_online(token) if token else (None, False)
+            self.budget_obj.schedule(self.steps, None if online else task)
 
     @property
     def budget_obj(self) -> Budget:
@@ -298,6 +348,15 @@ class ResolvedRun:
     train: dict[str, Any]
     agent: dict[str, Any]
     record: dict[str, Any]
+    online: dict[str, Any] | None = None
+    """A fine-tuning run's OnlineConfig fields (None: offline)."""
+    init_from: str | None = None
+    """A fine-tuning run: the checkpoint it starts from, relative to the sweep directory."""
+
+    @property
+    def total_steps(self) -> int:
+        """The step a finished run is at: its offline steps plus its online steps."""
+        return int(self.train["steps"]) + int((self.online or {}).get("online_steps", 0))
 
 
 def resolve_run(
@@ -315,7 +374,15 @@ def resolve_run(
 
     budget = definition.budget_obj
     train_flags = {k: v for k, v in budget.train.items()}
-    train_flags.update(budget.schedule(definition.steps, spec.task))
+    online_block = load_presets().get("online", {})
+    if spec.stage:
+        # offline-to-online: the budget's own schedule for every task (1M under the paper budget, as the authors'
+        # RESTORE_EPOCH), scored at its last step (the score before fine-tuning), then as many online steps
+        schedule = budget.schedule(definition.steps, None)
+        schedule["score_steps"] = [schedule["steps"]]
+        train_flags.update(schedule)
+    else:
+        train_flags.update(budget.schedule(definition.steps, spec.task))
     train_flags.update(
         seed=spec.seed,
         dataset_dir=str(dataset_dir),
@@ -325,6 +392,9 @@ def resolve_run(
     )
     sets = overrides_for(spec.agent, definition.agents, dict(definition.overrides))
     overrides = {**budget.agent_overrides(spec.agent), **sets}
+    if spec.stage:  # the authors' online grids: normalize_q_loss false (their NORMALIZE_Q default)
+        agents = online_block.get("agents", {})
+        overrides = {**agents.get("all", {}), **agents.get(spec.agent, {}), **overrides}
     try:
         train_cfg, agent_cfg, record = resolve_configs(
             spec.task, spec.agent, flags=train_flags, overrides=overrides
@@ -343,7 +413,14 @@ def resolve_run(
         sweep={"dir": str(Path(sweep_dir)), "budget": definition.budget, "run_id": spec.run_id},
         command=train_command(spec.agent, spec.task, flags, sets),
     )
-    return ResolvedRun(spec, train, agent, record)
+    if spec.stage != "o2o-online":
+        return ResolvedRun(spec, train, agent, record)
+    online = {**online_block.get("online", {}), "online_steps": int(train["steps"])}
+    offline_dir = RunSpec(spec.task, spec.agent, spec.seed, "o2o-offline").rel_dir
+    record["command"] = (
+        f"fidec finetune --run {Path(sweep_dir) / offline_dir} --online-steps {online['online_steps']} --out {run_dir}"
+    )
+    return ResolvedRun(spec, train, agent, record, online=online, init_from=f"{offline_dir}/checkpoint.pt")
 
 
 def task_list_for_datasets(runs: list[RunSpec]) -> list[str]:

@@ -2,7 +2,8 @@
 
 ``<sweep>/manifest.json`` holds one entry per run: ``pending`` (not started, or stopped and waiting to resume),
 ``running`` (a worker process holds it; host and pid recorded), ``done`` (its summary, score and time) or
-``failed`` (the error and the tail of the traceback). Only the sweep's driver writes it, and only one driver may
+``failed`` (the error and the tail of the traceback). An offline-to-online task's runs carry their ``stage``, and
+the fine-tuning run ``depends_on`` its offline run: the driver starts it only once that one is ``done``. Only the sweep's driver writes it, and only one driver may
 hold a sweep directory at a time (:class:`SweepLock`), so the file never sees two writers. It is replaced by
 write-to-temp + fsync + rename: a driver killed mid-write leaves the previous complete manifest.
 """
@@ -90,6 +91,7 @@ class Manifest:
                     "agent": spec.agent,
                     "seed": spec.seed,
                     "run_dir": spec.rel_dir,
+                    **({"stage": spec.stage, "depends_on": spec.depends_on} if spec.stage else {}),
                     "state": "pending",
                     "attempts": 0,
                     "error": None,

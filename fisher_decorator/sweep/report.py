@@ -11,6 +11,12 @@ Arithmetic (the paper's protocol, SPEC "Per-task settings"):
 4. paper = the FiDec column of the paper's listing (``paper_scores.json``); ``unknown`` where the listing has no
    number, and then no difference is computed. Difference = ours - paper, in percentage points.
 
+Offline-to-online runs (``--tasks o2o_ogbench5``; ``fidec finetune``; ``fidec train --online-steps``) are
+kept out of those tables and get their own: per run, the score before fine-tuning (the evaluation at the last
+offline step) and after (at the last online step), x100, as the authors' ``summarize_fql_scope.py --mode
+online`` (1M -> 2M); per task and per group, mean ± sample std over seeds (a group's seed only when every task
+of the group has both scores for it) and the mean change.
+
 Works on a sweep directory (its manifest adds run states and errors) or any folder of run directories.
 """
 
@@ -36,7 +42,7 @@ from fisher_decorator.presets import (
     ogbench_families,
     score_key,
 )
-from fisher_decorator.sweep.grid import family_of
+from fisher_decorator.sweep.grid import family_of, online_groups
 from fisher_decorator.sweep.manifest import MANIFEST
 
 SUCCESS = "evaluation/success"
@@ -89,18 +95,27 @@ class RunResult:
     error: str | None = None
     curve: list[tuple[int, float]] = field(default_factory=list)
     """(step, success in %) of every evaluation."""
+    stage: str = ""
+    """"" (offline), ``o2o-offline`` or ``o2o-online`` (a fine-tuning run; see score_before / score)."""
+    score_before: float | None = None
+    """A fine-tuning run: the score (%) at the last offline step; its ``score`` is the one after."""
 
     @property
     def family(self) -> str:
         return family_of(self.task)
 
 
-def _load_run(run_dir: Path, task: str, agent: str, seed: int, state: str, error: str | None) -> RunResult:
-    result = RunResult(task, agent, seed, run_dir, state, error=error)
+def _load_run(
+    run_dir: Path, task: str, agent: str, seed: int, state: str, error: str | None, stage: str = ""
+) -> RunResult:
+    result = RunResult(task, agent, seed, run_dir, state, error=error, stage=stage)
     config = run_dir / "config.json"
     if not config.is_file():
         return result
-    train = json.loads(config.read_text())["train"]
+    record = json.loads(config.read_text())
+    train = record["train"]
+    if stage == "o2o-online":
+        return _load_online(result, record)
     rows = read_csv(run_dir / "eval.csv") if (run_dir / "eval.csv").is_file() else []
     try:
         key = score_key(task)
@@ -115,6 +130,37 @@ def _load_run(run_dir: Path, task: str, agent: str, seed: int, state: str, error
     return result
 
 
+def _score_at(rows: list[dict], key: str, step: int) -> float | None:
+    values = [float(r[key]) for r in rows if int(r["step"]) == step and key in r]
+    return 100.0 * values[-1] if values else None
+
+
+def _load_online(result: RunResult, record: dict[str, Any]) -> RunResult:
+    """A fine-tuning run: score after = its evaluation at its last online step; before = the evaluation at its
+    last offline step (its own eval.csv after ``train --online-steps``, the offline run's after ``finetune``)."""
+    offline_steps = int(record["train"]["steps"])
+    end = offline_steps + int(record["online"]["online_steps"])
+    try:
+        key = score_key(result.task)
+    except ValueError:
+        key = SUCCESS
+    path = result.run_dir / "eval.csv"
+    rows = read_csv(path) if path.is_file() else []
+    result.score = _score_at(rows, key, end)
+    result.score_steps = [end]
+    result.missing_score_steps = [] if result.score is not None else [end]
+    result.curve = [(int(r["step"]), 100.0 * float(r[key])) for r in rows if key in r]
+    result.score_before = _score_at(rows, key, offline_steps)
+    source = record.get("restored_from", {}).get("run")
+    if result.score_before is None and source:
+        before = Path(source) / "eval.csv"
+        if not before.is_absolute() and not before.is_file():
+            before = result.run_dir / before
+        if before.is_file():
+            result.score_before = _score_at(read_csv(before), key, offline_steps)
+    return result
+
+
 def collect_runs(path: str | Path) -> list[RunResult]:
     """Every run of the sweep in ``path`` (from its manifest), else every run directory below ``path``."""
     path = Path(path)
@@ -122,7 +168,15 @@ def collect_runs(path: str | Path) -> list[RunResult]:
     if manifest.is_file():
         runs = json.loads(manifest.read_text())["runs"]
         return [
-            _load_run(path / e["run_dir"], e["task"], e["agent"], int(e["seed"]), e["state"], e.get("error"))
+            _load_run(
+                path / e["run_dir"],
+                e["task"],
+                e["agent"],
+                int(e["seed"]),
+                e["state"],
+                e.get("error"),
+                e.get("stage", ""),
+            )
             for e in runs.values()
         ]
     configs = sorted(path.rglob("config.json"))
@@ -132,12 +186,13 @@ def collect_runs(path: str | Path) -> list[RunResult]:
         )
     out = []
     for cfg in configs:
-        train = json.loads(cfg.read_text())["train"]
+        record = json.loads(cfg.read_text())
+        train = record["train"]
         done = (cfg.parent / "summary.json").is_file()
+        stage = "o2o-online" if (record.get("online") or {}).get("online_steps") else ""
+        state = "done" if done else "?"
         out.append(
-            _load_run(
-                cfg.parent, train["task"], train["agent"], int(train["seed"]), "done" if done else "?", None
-            )
+            _load_run(cfg.parent, train["task"], train["agent"], int(train["seed"]), state, None, stage)
         )
     return out
 
@@ -227,6 +282,95 @@ def task_rows(results: list[RunResult]) -> list[dict[str, Any]]:
     return rows
 
 
+def online_group_of(task: str) -> str:
+    """The authors' offline-to-online group of ``task`` (``o2o_ogbench5``, ...), else ``o2o``."""
+    for group, tasks in online_groups().items():
+        if task in tasks:
+            return group
+    return "o2o"
+
+
+def _online_row(group: str, task: str | None, agent: str, pairs: dict[int, tuple[float, float]], runs: int):
+    before, before_std = _mean_std([b for b, _ in pairs.values()])
+    after, after_std = _mean_std([a for _, a in pairs.values()])
+    change, change_std = _mean_std([a - b for b, a in pairs.values()])
+    return {
+        "group": group,
+        "task": task,
+        "agent": agent,
+        "seeds": len(pairs),
+        "runs": runs,
+        "before": before,
+        "before_std": before_std,
+        "after": after,
+        "after_std": after_std,
+        "change": change,
+        "change_std": change_std,
+        "seed_scores": pairs,
+    }
+
+
+def online_rows(results: list[RunResult]) -> list[dict[str, Any]]:
+    """Per (group, task, agent), then per (group, agent) (task None): score before and after fine-tuning and
+    the change, mean and sample std over the seeds that have both (a group's seed: for every task of it)."""
+    runs = [r for r in results if r.stage == "o2o-online"]
+    groups = online_groups()
+    rows = []
+    agents = _ordered([r.agent for r in runs], list(AGENTS))
+    for group in _ordered([online_group_of(r.task) for r in runs], list(groups)):
+        members = [r for r in runs if online_group_of(r.task) == group]
+        tasks = _ordered([r.task for r in members], groups.get(group, []))
+        for agent in agents:
+            mine = [r for r in members if r.agent == agent]
+            if not mine:
+                continue
+            both = {
+                (r.task, r.seed): (r.score_before, r.score)
+                for r in mine
+                if r.score is not None and r.score_before is not None
+            }
+            for task in tasks:
+                pairs = {seed: v for (t, seed), v in both.items() if t == task}
+                rows.append(_online_row(group, task, agent, pairs, sum(r.task == task for r in mine)))
+            per_seed = {}
+            for seed in sorted({r.seed for r in mine}):
+                pairs = [both.get((t, seed)) for t in tasks]
+                if all(p is not None for p in pairs):
+                    per_seed[seed] = tuple(sum(p[i] for p in pairs) / len(pairs) for i in (0, 1))
+            rows.append(_online_row(group, None, agent, per_seed, len(mine)))
+    return rows
+
+
+def _pm(mean: float | None, std: float | None, sign: bool = False) -> str:
+    if mean is None:
+        return "n/a"
+    text = f"{mean:+.1f}" if sign else f"{mean:.1f}"
+    return text + (f" ± {std:.1f}" if std is not None else "")
+
+
+def online_markdown(results: list[RunResult]) -> list[str]:
+    rows = online_rows(results)
+    if not rows:
+        return []
+    lines = [
+        "## Offline to online",
+        "",
+        "Score (%) at the last offline step (before) and at the last online step (after) of each fine-tuning "
+        "run (the authors' online summary, 1M -> 2M); mean ± sample std over seeds; Δ = after − before. A group "
+        "row averages its tasks per seed (seeds with every task).",
+        "",
+        "| group | task | agent | seeds | before | after | Δ |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        task = "**all tasks**" if r["task"] is None else r["task"]
+        cells = [r["group"], task, AGENT_LABELS.get(r["agent"], r["agent"]), str(r["seeds"])]
+        cells += [_pm(r["before"], r["before_std"]), _pm(r["after"], r["after_std"])]
+        cells.append(_pm(r["change"], r["change_std"], sign=True))
+        lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def _fmt(x: float | None, digits: int = 1) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
@@ -246,10 +390,11 @@ def _csv_num(x: float | None, unknown: str = "") -> str:
 
 
 def markdown(results: list[RunResult], sweep: dict[str, Any] | None, curves: dict[str, str]) -> str:
+    everything, results = results, [r for r in results if not r.stage]  # offline tables: offline runs only
     frows, trows = family_rows(results), task_rows(results)
     agents = _ordered([r.agent for r in results], list(AGENTS))
     states: dict[str, int] = {}
-    for r in results:
+    for r in everything:
         states[r.state] = states.get(r.state, 0) + 1
     source = load_paper_scores()["source"]
     lines = ["# Sweep results", ""]
@@ -323,8 +468,8 @@ def markdown(results: list[RunResult], sweep: dict[str, Any] | None, curves: dic
             f"- {r['label']} / {r['agent']}: seed(s) {', '.join(map(str, r['incomplete_seeds']))} left out "
             "(a task of the family has no score for them yet)"
         )
+    lines += ["", *online_markdown(everything)]
     lines += [
-        "",
         "## Per task",
         "",
         "| task | " + " | ".join(AGENT_LABELS.get(a, a) for a in agents) + " | curves |",
@@ -352,7 +497,22 @@ def markdown(results: list[RunResult], sweep: dict[str, Any] | None, curves: dic
 
 
 def write_csvs(results: list[RunResult], out_dir: Path) -> dict[str, Path]:
-    paths = {
+    paths = {}
+    if any(r.stage == "o2o-online" for r in results):
+        paths["online"] = out_dir / "online.csv"
+        with open(paths["online"], "w", newline="") as f:
+            w = csv.writer(f)
+            keys = ["before", "before_std", "after", "after_std", "change", "change_std"]
+            w.writerow(["group", "task", "agent", "seeds", "runs", *keys, "seed_scores"])
+            for r in online_rows(results):
+                pairs = ";".join(f"{s}:{_csv_num(b)}>{_csv_num(a)}" for s, (b, a) in r["seed_scores"].items())
+                w.writerow(
+                    [r["group"], r["task"] or "all", r["agent"], r["seeds"], r["runs"]]
+                    + [_csv_num(r[k]) for k in keys]
+                    + [pairs]
+                )
+    results = [r for r in results if not r.stage]
+    paths |= {
         "families": out_dir / "results.csv",
         "tasks": out_dir / "tasks.csv",
         "runs": out_dir / "runs.csv",
@@ -408,7 +568,7 @@ def write_report(
     if plots:
         from fisher_decorator.sweep.plots import plot_task_curves
 
-        for task, png in plot_task_curves(results, out / "curves").items():
+        for task, png in plot_task_curves([r for r in results if not r.stage], out / "curves").items():
             curves[task] = str(png.relative_to(out))
             written[f"curve:{task}"] = png
     written.update(write_csvs(results, out))

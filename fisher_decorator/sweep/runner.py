@@ -100,7 +100,7 @@ def _reconcile(manifest: Manifest, resolved: dict[str, ResolvedRun], sweep_dir: 
                 rid, "pending", note=f"retried (sweep started again); previous error: {entry['error']}"
             )
         elif state == "done":
-            steps = resolved[rid].train["steps"]
+            steps = resolved[rid].total_steps
             path = sweep_dir / entry["run_dir"] / "summary.json"
             done_steps = json.loads(path.read_text()).get("steps") if path.is_file() else None
             if done_steps != steps:
@@ -148,6 +148,8 @@ class _Driver:
             "train": run.train,
             "agent": run.agent,
             "record": run.record,
+            "online": run.online,
+            "init_from": str(self.sweep_dir / run.init_from) if run.init_from else None,
         }
         write_json(run_dir / RUN_FILE, payload)
         threads = str(self.executor.threads_for(self.resources.cpus_per_run))
@@ -175,6 +177,13 @@ class _Driver:
         run_dir = self.sweep_dir / self.manifest[rid]["run_dir"]
         if status == "done":
             s = out["summary"]
+            if s.get("online"):  # a fine-tuning run: its score after fine-tuning, and the one before
+                s = {
+                    **s,
+                    "score": s["online"]["score_after"],
+                    "score_steps": [s["steps"]],
+                    "missing_score_steps": [],
+                }
             self.manifest.set_state(
                 rid,
                 "done",
@@ -232,13 +241,44 @@ class _Driver:
                 self._finish(rid, ev.outcome or {})
         self._postfix()
 
+    def _dependency(self, rid: str) -> tuple[str, str | None]:
+        """("ready", None), ("wait", dep) while a dependency is queued or running, ("failed", dep) when one
+        failed or will not run in this invocation."""
+        waiting = set(self.queue) | set(self.inflight.values())
+        for dep in self.resolved[rid].spec.depends_on:
+            state = self.manifest.runs.get(dep, {}).get("state")
+            if state == "done":
+                continue
+            return ("wait", dep) if state != "failed" and dep in waiting else ("failed", dep)
+        return "ready", None
+
+    def _submit_ready(self) -> None:
+        """Submit queued runs whose dependencies are done, in queue order, up to the executor's capacity."""
+        cap = self.executor.capacity
+        for rid in list(self.queue):
+            if cap is not None and len(self.inflight) >= cap:
+                return
+            status, dep = self._dependency(rid)
+            if status == "wait":
+                continue
+            self.queue.remove(rid)
+            if status == "ready":
+                self._submit(rid)
+                continue
+            state = self.manifest.runs.get(dep, {}).get("state")
+            self.manifest.set_state(
+                rid,
+                "failed",
+                error=f"{dep} ({state}) must be done first; starting the sweep again retries both",
+            )
+            self._write(f"FAILED  {rid}: {dep} is {state}")
+            self.bar.update(1)
+
     def run(self, todo: list[str]) -> None:
         self.queue.extend(todo)
         try:
             while self.queue or self.inflight:
-                cap = self.executor.capacity
-                while self.queue and (cap is None or len(self.inflight) < cap):
-                    self._submit(self.queue.popleft())
+                self._submit_ready()
                 self._handle(self.executor.poll(0.5))
         except KeyboardInterrupt:
             self._write("stopping: the running runs checkpoint and stop (Ctrl-C again does not wait)")

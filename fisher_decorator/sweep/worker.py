@@ -37,7 +37,7 @@ LOG_FILE = "sweep-worker.log"
 RUN_LOCK = ".sweep-run.lock"
 LOCK_WAIT_S = 120.0
 # What the trainer writes; cleared when an attempt died before its first checkpoint (nothing to resume).
-TRAINER_OUTPUTS = ("config.json", "train.csv", "eval.csv", "summary.json", "tensorboard", "videos")
+TRAINER_OUTPUTS = ("config.json", "train.csv", "eval.csv", "summary.json", "tensorboard", "videos", "replay")
 
 
 class _Stop(Exception):
@@ -142,11 +142,17 @@ def _train(run_dir: Path, payload: dict[str, Any]) -> dict[str, Any]:
     agent_cfg = apply_overrides(
         agent_class(train_cfg.agent).config_class(), payload["agent"], what="agent config"
     )
+    online = init_from = None
+    if payload.get("online") is not None:  # an offline-to-online task's fine-tuning run
+        from fisher_decorator.online import make_online_config
+
+        online, init_from = make_online_config(payload["online"]), payload["init_from"]
+    total = train_cfg.steps + (online.online_steps if online is not None else 0)
     ckpt, summary_path = run_dir / CHECKPOINT, run_dir / SUMMARY
     if ckpt.is_file() and summary_path.is_file():
         summary = json.loads(summary_path.read_text())
-        if summary.get("steps") == train_cfg.steps:
-            return {"status": "done", "summary": summary, "resumed_from": train_cfg.steps, "seconds": 0.0}
+        if summary.get("steps") == total:
+            return {"status": "done", "summary": summary, "resumed_from": total, "seconds": 0.0}
     resume = ckpt.is_file()
     start_step = int(load_checkpoint(ckpt)["step"]) if resume else 0
     if not resume and (run_dir / CONFIG).exists():
@@ -159,7 +165,14 @@ def _train(run_dir: Path, payload: dict[str, Any]) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     trainer = Trainer(
-        train_cfg, agent_cfg, run_dir, resume=resume, record=payload["record"], callback=stop_check
+        train_cfg,
+        agent_cfg,
+        run_dir,
+        resume=resume,
+        record=payload["record"],
+        callback=stop_check,
+        online=online,
+        init_from=init_from,
     )
     try:
         summary = trainer.run()

@@ -68,6 +68,32 @@ def reward_shift_for(task: str) -> float:
     return 0.0
 
 
+def env_factory(task):
+    """``make()`` -> a fresh exploration env (gymnasium's reset/step) for the task object: its ``make_env``, or
+    for D4RL tasks ``envs.make_d4rl_env`` (the same env as their evaluation)."""
+    make = getattr(task, "make_env", None)
+    if make is not None:
+        return make
+    from fisher_decorator.presets import parse_task
+
+    if parse_task(task.name).kind == "d4rl":
+        from fisher_decorator.envs import make_d4rl_env
+
+        return lambda: make_d4rl_env(task.name)
+    raise ConfigError(f"task {task.name} has no environment to fine-tune in (no make_env)")
+
+
+def normalized_return_for(task: str):
+    """D4RL's ``get_normalized_score`` for a D4RL task (None for others), as the authors' EpisodeMonitor uses it."""
+    from fisher_decorator.presets import parse_task
+
+    if parse_task(task).kind != "d4rl":
+        return None
+    from fisher_decorator.envs.d4rl_tasks import normalized_score
+
+    return lambda ret: normalized_score(task, ret)
+
+
 def check_resumable(config: dict[str, Any], online: OnlineConfig) -> None:
     """A resumed online run keeps its online config; only ``online_steps`` may grow."""
     old = dict(config.get("online") or {})
@@ -95,11 +121,9 @@ class OnlineLoop:
     def __init__(self, trainer, cfg: OnlineConfig, *, state: dict[str, Any] | None = None):
         self.trainer, self.cfg = trainer, cfg
         tcfg = trainer.cfg
-        make_env = getattr(trainer.task, "make_env", None)
-        if make_env is None:
-            raise ConfigError(f"task {tcfg.task} has no environment to fine-tune in (no make_env)")
         self.env = None
-        self._make_env = make_env
+        self._make_env = env_factory(trainer.task)
+        self._normalized = normalized_return_for(tcfg.task)
         self.shift = cfg.reward_shift if cfg.reward_shift is not None else reward_shift_for(tcfg.task)
         device, dtype = trainer.device, trainer.dtype
         eps = tcfg.action_clip_eps or None
@@ -197,6 +221,8 @@ class OnlineLoop:
         self.env_steps += 1
         if done:
             episode = {"final_reward": float(reward), "return": self.ep_return, "length": self.ep_length}
+            if self._normalized is not None:  # the authors' EpisodeMonitor: D4RL's normalised return x100
+                episode["normalized_return"] = 100.0 * self._normalized(self.ep_return)
             flat = _numbers({**info, "episode": episode, "total": {"timesteps": self.env_steps}})
             self.expl = {f"exploration/{k}": v for k, v in flat.items()}
             self.finished_episodes += 1

@@ -104,6 +104,9 @@ class ImpalaEncoder(nn.Module):
             raise ValueError(f"compute_dtype must be one of {ENCODER_DTYPES}, got {compute_dtype!r}")
         self.obs_shape = tuple(int(s) for s in obs_shape)
         self.compute_dtype = compute_dtype
+        self.channels_last = (
+            True  # False: convolutions on a contiguous NCHW copy (benchmarks/visual_throughput.py)
+        )
         self.activation = gelu if fused_gelu else plain_gelu
         h, w, c = self.obs_shape
         self.stacks = nn.ModuleList()
@@ -134,6 +137,8 @@ class ImpalaEncoder(nn.Module):
         weight = self.dense[0].weight
         x = frames.to(weight.dtype) / 255.0
         x = x.permute(0, 3, 1, 2)  # NHWC storage -> an NCHW view in channels_last layout (no copy)
+        if not self.channels_last:
+            x = x.contiguous()
         with self._autocast(x):
             for stack in self.stacks:
                 x = stack(x)

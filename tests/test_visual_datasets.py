@@ -281,3 +281,16 @@ def test_tiny_pixel_run_through_the_cli(generated, tmp_path):
     assert config["agent"]["target_divergence"] == 0.001
     rows = (out / "train.csv").read_text().splitlines()
     assert len(rows) == 4 and "critic/critic_loss" in rows[0]
+
+
+def test_triton_after_a_pixel_env_does_not_crash():
+    """Mesa's EGL loads its own LLVM; Triton imported after it segfaults. Our pixel envs import Triton first."""
+    pytest.importorskip("triton")
+    code = (
+        "from fisher_decorator.envs.ogbench_tasks import make_env\n"
+        f"env = make_env({TASK!r}); env.reset(seed=0)\n"
+        "import triton\n"
+        "print('alive')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "alive" in proc.stdout, proc.stderr[-2000:]

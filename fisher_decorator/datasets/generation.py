@@ -45,7 +45,7 @@ from fisher_decorator.datasets.errors import DatasetError
 from fisher_decorator.datasets.fileio import sha256_file, write_json, write_npz
 from fisher_decorator.datasets.registry import Recipe, get_recipe
 from fisher_decorator.datasets.validation import read_npz, validate_ogbench_arrays
-from fisher_decorator.datasets.visual import RowChunks, open_npz, write_npz_stream
+from fisher_decorator.datasets.visual import RowChunks, before_rendering, open_npz, write_npz_stream
 
 GENERATOR_VERSION = 1
 """Bump when a change to this module changes the generated data (it enters the plan hash)."""
@@ -207,6 +207,8 @@ class EpisodeCollector:
 
         self.recipe = recipe
         self.max_episode_steps = max_episode_steps
+        if recipe.is_visual:
+            before_rendering()
         kwargs = dict(terminate_at_goal=False, max_episode_steps=max_episode_steps, disable_env_checker=True)
         if recipe.family == "manipspace":
             kwargs["mode"] = "data_collection"

@@ -36,6 +36,17 @@ from fisher_decorator.datasets.errors import DatasetError
 # MuJoCo is first imported; a user's own MUJOCO_GL wins.
 os.environ.setdefault("MUJOCO_GL", "egl")
 
+
+def before_rendering() -> None:
+    """Call before creating a pixel environment. Mesa's EGL (llvmpipe) loads its own LLVM; importing Triton (its
+    LLVM) after that crashes the process (SIGSEGV in Triton's extension init), the other order is fine. So
+    Triton, where installed, is imported first."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        pass
+
+
 FRAME_SHAPE = (64, 64, 3)
 """OGBench's visual observations: one 64x64 RGB frame, uint8."""
 CROP_PADDING = 3
@@ -433,6 +444,7 @@ def load_visual_task(t, directory: pathlib.Path, *, validate: bool, action_clip_
         source = "official"
         manifest = loading.official_manifest(recipe.dataset, paths)
         episode_rows = recipe.max_episode_steps
+    before_rendering()
     env = loading.make_task_env(t.env_name)
     splits = {
         split: load_visual_split(

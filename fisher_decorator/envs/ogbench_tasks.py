@@ -14,7 +14,7 @@ import warnings
 
 import numpy as np
 
-from fisher_decorator.datasets.visual import FrameStack, set_visual_options
+from fisher_decorator.datasets.visual import FrameStack, before_rendering, set_visual_options
 
 
 def _quiet_imports():
@@ -35,6 +35,8 @@ def make_env(task: str, *, render: bool = False, render_size: int = 200):
         raise ImportError(
             "OGBench tasks need the ogbench package: pip install 'fisher-decorator[envs]'"
         ) from exc
+    if task.startswith("visual-"):
+        before_rendering()
     kwargs = {"disable_env_checker": True}
     if render:
         kwargs.update(render_mode="rgb_array", width=render_size, height=render_size)

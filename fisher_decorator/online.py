@@ -191,10 +191,10 @@ class OnlineLoop:
 
     def env_step(self) -> None:
         """One exploration step: act, step, store (and reset or finish the episode)."""
+        if self.env is None:  # outside the timing: building a MuJoCo env takes ~1 s, once
+            self.env = self._make_env()
         t0 = time.perf_counter()
         agent = self.trainer.agent
-        if self.env is None:
-            self.env = self._make_env()
         if self.obs is None:
             seed = derive_seed(self.trainer.cfg.seed, f"online-env/{self.episodes}") % (2**31 - 1)
             obs, _ = self.env.reset(seed=seed)

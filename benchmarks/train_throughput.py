@@ -17,10 +17,22 @@ Modes
   reference-batched the same plain kernels with the K Fisher rollouts as one (B*K)-row batch and the
                     diagnostic rollout only on logging steps (what `rollout_backend=reference` runs).
   fused             the defaults: fused rollouts, compiled GELU, fused penalty, fused Adam.
+  fused-mkl         fused with every GEMM on MKL (gemm_path=mkl: the path before the per-machine probe).
   fused-bf16        fused with bf16 rollout GEMMs (rollout_dtype=bfloat16).
+  fused-bf16-autocast  fused-bf16 with the networks' forward/backward under bf16 autocast (autocast=bfloat16):
+                    every GEMM of the update in bf16; parameters, Adam and losses fp32.
   compiled          fused with the loss under torch.compile (inductor; compile time excluded).
   fused-tf32        (GPU) fused with TF32 rollout GEMMs, the precision JAX uses for fp32 on Ampere+.
   compiled-cudagraphs (GPU) compiled with mode="reduce-overhead": the loss replayed as a CUDA graph.
+
+"fused" runs on the GEMM path this machine's probe chose (fisher_decorator.gemm_path; the choice is in
+the rows' machine record).
+
+    python -m benchmarks.train_throughput --loaded --agents fidec --modes fused   # + idle vs loaded
+
+--loaded: each of those cases in a fresh process per OpenMP wait policy (libgomp's default spinning, and the
+PASSIVE policy `import fisher_decorator` sets), rounds alternating between idle and with one busy-loop
+process (started here, timed once it runs) on the same CPUs; rows give p50 idle, p50 loaded and the ratio.
 
 Each case is warmed up, then the cases are timed round-robin, so a drift of a shared machine hits
 them alike. Per case: p20/p50/p80 ms per update, updates/s, a breakdown measured separately in the
@@ -31,6 +43,10 @@ same run, and peak memory of one update. Rows go to results/train_throughput-<ma
 
 from __future__ import annotations
 
+# isort: off
+import fisher_decorator  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads; fisher_decorator.threads)
+
+# isort: on
 import argparse
 import functools
 import json
@@ -43,12 +59,22 @@ import time
 import torch
 
 from benchmarks.common import cpu_peak_bytes, cuda_peak_bytes, machine, quantiles, timed, write_rows
+from fisher_decorator import gemm_path
 from fisher_decorator.agents import FiDecAgent, make_agent
+from fisher_decorator.threads import configure_threads
 from fisher_decorator.trainer import resolve_configs
 
 OBS, ACT, B = 28, 5, 256
 TASK = "cube-single-play-singletask-task2-v0"
-MODES = ("eager-reference", "reference-batched", "fused", "fused-bf16", "compiled")
+MODES = (
+    "eager-reference",
+    "reference-batched",
+    "fused",
+    "fused-mkl",
+    "fused-bf16",
+    "fused-bf16-autocast",
+    "compiled",
+)
 GPU_MODES = ("fused-tf32", "compiled-cudagraphs")  # on a CUDA device only
 PLAIN = dict(rollout_backend="reference", fused_gelu=False, fused_adam=False)
 
@@ -110,8 +136,12 @@ def make_case(agent_name: str, mode: str, device: str):
         overrides.update(PLAIN)
         if agent_name == "fidec":
             overrides["penalty_backend"] = "reference"
-    if mode == "fused-bf16":
+    if mode in ("fused-bf16", "fused-bf16-autocast"):
         overrides["rollout_dtype"] = "bfloat16"
+    if mode == "fused-bf16-autocast":
+        overrides["autocast"] = "bfloat16"
+    if mode == "fused-mkl":
+        overrides["gemm_path"] = "mkl"
     if mode == "fused-tf32":
         overrides["rollout_dtype"] = "tf32"
     if mode in ("compiled", "compiled-cudagraphs"):
@@ -134,6 +164,12 @@ def make_case(agent_name: str, mode: str, device: str):
     batch = {k: v.to(device) for k, v in batch.items()}
     with_metrics = mode == "eager-reference"  # the authors compute `mse` (a policy rollout) every update
     return agent, batch, with_metrics
+
+
+def use_path(agent) -> dict:
+    """The case's GEMM path (process-wide: the last agent built sets it, so each case sets its own before
+    it runs); returns the record (setting and choice per dtype)."""
+    return gemm_path.configure_gemm_path(agent.config.gemm_path, agent.device)
 
 
 def time_rollouts(agent, batch, n: int) -> float:
@@ -163,12 +199,17 @@ def time_optimizer(agent, n: int) -> float:
 
 
 def gemm_peak(dtype: torch.dtype, device: str, rounds: int = 20) -> float:
-    """GFLOP/s of the best of ``rounds`` 2048x512x512 GEMMs in ``dtype`` (this run's reference peak)."""
+    """GFLOP/s of the best of ``rounds`` 2048x512x512 GEMMs in ``dtype`` on the faster of MKL (torch.mm) and,
+    on a CPU, oneDNN's linear (this run's reference peak)."""
     a, w = torch.randn(2048, 512, device=device).to(dtype), torch.randn(512, 512, device=device).to(dtype)
     out = torch.empty(2048, 512, dtype=dtype, device=device)
-    for _ in range(3):
-        torch.mm(a, w, out=out)
-    best = min(timed(lambda: torch.mm(a, w, out=out)) for _ in range(rounds))
+    fns = [lambda: torch.mm(a, w, out=out)]
+    if device == "cpu" and gemm_path.onednn_available():
+        fns.append(lambda: torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], ""))
+    for fn in fns:
+        for _ in range(3):
+            fn()
+    best = min(timed(fn) for _ in range(rounds) for fn in fns)
     return 2 * 2048 * 512 * 512 / best / 1e9
 
 
@@ -225,6 +266,70 @@ def time_authors_jax(args, agents: list[str]) -> list[dict]:
     return rows
 
 
+BUSY_LOOP = "print('running', flush=True)\nwhile True:\n    pass\n"
+# libgomp's spin count when no wait policy is set; given explicitly, it wins over the PASSIVE policy that
+# `import fisher_decorator` sets, so a child can run with libgomp's default waiting
+WAIT_POLICIES = {"spin": {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "300000"}, "passive": {"OMP_WAIT_POLICY": "PASSIVE"}}  # fmt: skip
+
+
+def start_busy_loop() -> subprocess.Popen:
+    """One other process busy on this machine's CPUs; returns once it runs (it prints, then spins)."""
+    proc = subprocess.Popen([sys.executable, "-c", BUSY_LOOP], stdout=subprocess.PIPE, text=True)
+    if proc.stdout.readline().strip() != "running":
+        proc.kill()
+        raise RuntimeError("the busy-loop process did not start")
+    return proc
+
+
+def loaded_child(key: str, rounds: int, warmup: int, device: str) -> dict:
+    """In this (fresh) process: p50 of one case idle and with a busy loop beside it, rounds alternating."""
+    name, mode = key.split("/")
+    agent, batch, with_metrics = make_case(name, mode, device)
+    step = functools.partial(agent.update, batch, with_metrics=with_metrics)
+    for _ in range(warmup):
+        step()
+    idle, loaded = [], []
+    load0 = os.getloadavg()
+    for _ in range(rounds):
+        idle += [timed(step) for _ in range(2)]
+        busy = start_busy_loop()
+        try:
+            loaded += [timed(step) for _ in range(2)]
+        finally:
+            busy.kill()
+            busy.wait()
+    p50_idle, p50_loaded = quantiles(idle)[1], quantiles(loaded)[1]
+    return {"idle_p50_ms": 1e3 * p50_idle, "loaded_p50_ms": 1e3 * p50_loaded, "loaded_over_idle": p50_loaded / p50_idle,
+            "idle_ms": [1e3 * t for t in idle], "loaded_ms": [1e3 * t for t in loaded],
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
+            "torch_threads": torch.get_num_threads(), "loadavg_before": load0, "loadavg_after": os.getloadavg()}  # fmt: skip
+
+
+def time_loaded(keys: list[str], args) -> list[dict]:
+    """Each case idle vs loaded, in a fresh process per OpenMP wait policy (libgomp reads it at start)."""
+    rows = []
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for key in keys:
+        for policy, env in WAIT_POLICIES.items():
+            full = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+            cmd = [sys.executable, "-m", "benchmarks.train_throughput", "--loaded-child", key, "--rounds",
+                   str(args.rounds), "--warmup", str(args.warmup), "--device", args.device]  # fmt: skip
+            if args.threads:
+                cmd += ["--threads", str(args.threads)]
+            proc = subprocess.run(
+                cmd, capture_output=True, text=True, check=False, cwd=root, env={**full, **env}
+            )
+            if proc.returncode != 0:
+                raise RuntimeError(f"the loaded run of {key} ({policy}) failed:\n{proc.stderr[-3000:]}")
+            res = json.loads(proc.stdout.strip().splitlines()[-1])
+            name, mode = key.split("/")
+            print(f"{key:<28} {policy:<8} idle {res['idle_p50_ms']:7.1f} ms  loaded {res['loaded_p50_ms']:7.1f} ms  "
+                  f"x{res['loaded_over_idle']:.2f}", flush=True)  # fmt: skip
+            rows.append({"case": {"op": "train_update_loaded", "agent": name, "mode": mode, "omp_wait": policy,
+                                  "busy_processes": 1, "B": B, "obs": OBS, "act": ACT}, **res})  # fmt: skip
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--agents", default="fidec,deflow,fql")
@@ -241,9 +346,14 @@ def main(argv=None) -> int:
         "--authors-repo", help="checkout of github.com/ARC0127/Fisher-Decorator (with --jax-python)"
     )
     p.add_argument("--toy", action="store_true", help="also time the README's toy-bandit command")
+    p.add_argument("--loaded", action="store_true", help="also time each case idle vs beside a busy process")
+    p.add_argument("--loaded-only", action="store_true", help="only the --loaded rows")
+    p.add_argument("--loaded-child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    configure_threads(args.threads)  # 0: the CPUs this process may use (what training runs use)
+    if args.loaded_child:
+        print(json.dumps(loaded_child(args.loaded_child, args.rounds, args.warmup, args.device)))
+        return 0
     agents = args.agents.split(",")
     modes = args.modes.split(",")
     valid = MODES + (GPU_MODES if args.device.startswith("cuda") else ())
@@ -251,9 +361,16 @@ def main(argv=None) -> int:
     if unknown:
         p.error(f"unknown mode(s) {unknown} on {args.device}; choose from {list(valid)}")
 
+    if args.loaded_only:
+        path = write_rows(
+            "train_throughput", machine(_kind(args.device)), time_loaded(_keys(agents, modes), args)
+        )
+        print(f"rows written to {path}")
+        return 0
     cases = {f"{a}/{m}": make_case(a, m, args.device) for a in agents for m in modes}
     for key, (agent, batch, with_metrics) in cases.items():
         t0 = time.perf_counter()
+        use_path(agent)
         for _ in range(args.warmup):
             agent.update(batch, with_metrics=with_metrics)
         print(f"warm-up {key:<28} {time.perf_counter() - t0:7.1f} s", flush=True)
@@ -261,6 +378,7 @@ def main(argv=None) -> int:
     times = {k: [] for k in cases}
     for _ in range(args.rounds):
         for key, (agent, batch, with_metrics) in cases.items():
+            use_path(agent)
             times[key].append(timed(functools.partial(agent.update, batch, with_metrics=with_metrics)))
     jax_rows = time_authors_jax(args, agents) if args.jax_python else []
     peaks = {
@@ -273,11 +391,12 @@ def main(argv=None) -> int:
     for key, ts in times.items():
         agent, batch, with_metrics = cases[key]
         name, mode = key.split("/")
+        gemm = use_path(agent)
         p20, p50, p80 = quantiles(ts)
         rollout_s = time_rollouts(agent, batch, 3)
         optim_s = time_optimizer(agent, 5)
         flops = update_flops(name, agent.config, with_mse=with_metrics)
-        peak = peaks["bfloat16" if mode == "fused-bf16" else "float32"]
+        peak = peaks["bfloat16" if mode.startswith("fused-bf16") else "float32"]
         rows.append({
             "case": {"op": "train_update", "agent": name, "mode": mode, "B": B,
                      "K": getattr(agent.config, "num_fisher_samples", None), "N": agent.config.flow_steps,
@@ -290,7 +409,7 @@ def main(argv=None) -> int:
             "gemm_peak_gflops": peak, "fraction_of_gemm_peak": flops["total"] / p50 / 1e9 / peak,
             "peak_bytes": (cuda_peak_bytes if args.device.startswith("cuda") else cpu_peak_bytes)(
                 functools.partial(agent.update, batch, with_metrics=with_metrics)),
-            "rounds": len(ts), "loadavg_before": load0, "loadavg_after": load1,
+            "rounds": len(ts), "loadavg_before": load0, "loadavg_after": load1, "gemm_path": gemm,
         })  # fmt: skip
     rows += jax_rows
     for name in agents:
@@ -315,6 +434,8 @@ def main(argv=None) -> int:
               f"optim {r['breakdown_ms']['optimizer']:5.1f}  {r['gflops_per_s']:6.1f} GFLOP/s "
               f"({100 * r['fraction_of_gemm_peak']:.0f}% of GEMM peak)")  # fmt: skip
     print(f"GEMM peak this run: fp32 {peaks['float32']:.0f} GFLOP/s, bf16 {peaks['bfloat16']:.0f} GFLOP/s")
+    if args.loaded:
+        rows += time_loaded(list(cases), args)
     if args.toy:
         toy = time_toy()
         rows.append(toy)
@@ -322,6 +443,14 @@ def main(argv=None) -> int:
     path = write_rows("train_throughput", machine("cuda" if args.device.startswith("cuda") else "cpu"), rows)
     print(f"rows written to {path}")
     return 0
+
+
+def _kind(device: str) -> str:
+    return "cuda" if device.startswith("cuda") else "cpu"
+
+
+def _keys(agents: list[str], modes: list[str]) -> list[str]:
+    return [f"{a}/{m}" for a in agents for m in modes]
 
 
 if __name__ == "__main__":

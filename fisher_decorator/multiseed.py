@@ -118,6 +118,7 @@ def _template_class(cls: type[FlowAgent]) -> type[FlowAgent]:
         if not self.stacked_rollouts or not isinstance(field, MLP) or field.layer_norm:
             return cls.flow_actions(self, obs, noise)
         params = [t.detach() for lin in field.linears for t in (lin.weight, lin.bias)]
+        obs = field.select_obs(obs)  # pixel tasks: the flow's own encoder columns
         return _rollout_op(params, obs, noise, self.config.flow_steps, self.config.rollout_dtype)
 
     return type(
@@ -190,7 +191,7 @@ class StackedAgents:
         self.config = a0.config
         self.template = _template_class(type(a0))(
             stacked_config(a0.config),
-            a0.obs_dim,
+            a0.obs_shape or a0.obs_dim,  # pixel tasks: the frame shape the encoders take
             a0.action_dim,
             seed=a0.seed,
             device=a0.device,

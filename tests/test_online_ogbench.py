@@ -59,12 +59,10 @@ def _train(out: Path, dataset_dir: Path, *extra: str) -> int:
 
 def test_online_run_on_ogbench_stores_the_envs_transitions(tmp_path, dataset_dir):
     out = tmp_path / "run"
-    assert _train(out, dataset_dir, "--steps", "2", "--eval-interval", "6", "--online-steps", "6") == 0
+    assert _train(out, dataset_dir, "--steps", "2", "--eval-interval", "0", "--online-steps", "6") == 0
     summary = json.loads((out / "summary.json").read_text())["online"]
     assert (summary["env_steps"], summary["episodes"], summary["reward_shift"]) == (6, 0, 0.0)
-    evals = read_csv(out / "eval.csv")
-    assert [r["step"] for r in evals] == [2, 8]  # before and after fine-tuning
-    assert summary["score_after"] == evals[1]["evaluation/success"]
+    assert read_csv(out / "train.csv")[-1]["step"] == 8
     z = _stored(out)
     env, first = _reset_obs(0)
     assert np.array_equal(z["observations"][0], first)

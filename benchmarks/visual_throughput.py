@@ -81,7 +81,9 @@ def _load(path: str):
     from fisher_decorator.datasets.loading import make_task_env
     from fisher_decorator.datasets.visual import before_rendering, load_visual_split
 
-    env_name = "visual-cube-single-singletask-task1-v0"
+    env_name = (
+        "cube-single-singletask-task1-v0"  # the state env relabels a pixel dataset (as load_visual_task)
+    )
     before_rendering()
     env = make_task_env(env_name)
     split = load_visual_split(

@@ -7,6 +7,7 @@ on the transitions, ``random_crop`` = edge padding + slice), independently of th
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -162,13 +163,29 @@ def test_frame_stack_env_wrapper():
 # ------------------------------------------------------------------------------------------------ generated sample
 
 
+RENDER_ENV = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+"""Rendering runs in subprocesses: MuJoCo fixes its GL backend at its first import, which in a test session may
+have happened before MUJOCO_GL was set. Offscreen EGL (Mesa) is required, as for the state tasks' videos."""
+
+
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory):
-    """Two training episodes and one validation episode of 6 rows, by `fidec data generate`'s code (rendered)."""
+    """Two training episodes and one validation episode of 6 rows, by `fidec data generate` (rendered)."""
     directory = tmp_path_factory.mktemp("visual")
-    manifest = gen.generate(
-        DATASET, directory, episodes=2, val_episodes=1, max_episode_steps=6, workers=1, progress=False
-    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "fisher_decorator",
+        "data",
+        "generate",
+        DATASET,
+        "--dataset-dir",
+        str(directory),
+    ]
+    cmd += ["--episodes", "2", "--val-episodes", "1", "--max-episode-steps", "6", "--workers", "1", "--quiet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=RENDER_ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads(gen.manifest_path(directory, DATASET).read_text())
     return directory, manifest
 
 
@@ -190,14 +207,15 @@ def test_generated_sample_is_ogbench_format_and_loads_memory_mapped(generated):
     train = data.train
     assert isinstance(train, VisualSplit) and isinstance(train.frames, np.memmap)
     assert data.source == "regenerated" and len(train["actions"]) == 10 and len(data.val["actions"]) == 5
-    # rewards and masks as the state path computes them (OGBench's relabel on the same qpos)
+    # rewards and masks as the state path computes them (OGBench's relabel on the same qpos; the state env of the
+    # task relabels the pixel data, and OGBench's relabel_dataset reads nothing but qpos/button_states and the task)
     from ogbench.relabel_utils import relabel_dataset
 
     from fisher_decorator.datasets.loading import make_task_env
 
     ref = ogbench_transitions({k: v.astype(np.float32) if k != "terminals" else v for k, v in raw.items()})
-    env = make_task_env("visual-cube-single-singletask-task1-v0")
-    relabel_dataset("visual-cube-single-singletask-task1-v0", env, ref)
+    env = make_task_env("cube-single-singletask-task1-v0")
+    relabel_dataset("cube-single-singletask-task1-v0", env, ref)
     env.close()
     for k in ("rewards", "masks", "terminals"):
         np.testing.assert_array_equal(train[k], ref[k])
@@ -237,27 +255,46 @@ def test_corrupt_file_is_refused(generated, tmp_path):
         load_task_datasets(TASK, tmp_path)
 
 
+_EVAL_SCRIPT = """
+import json, sys
+import gymnasium
+import numpy as np
+from fisher_decorator.envs import make_task
+
+task = make_task(sys.argv[1], dataset_dir=sys.argv[2], frame_stack=3)
+task._env = gymnasium.wrappers.TimeLimit(task.env, max_episode_steps=3)  # 3 rendered steps, not 200
+seen = []
+
+def act(obs):
+    seen.append(obs.copy())
+    return np.zeros((1, 5), np.float32)
+
+stats, _ = task.evaluate(act, episodes=1, seed=0)
+task.close()
+print(json.dumps({
+    "length": stats["episode.length"], "calls": len(seen), "shape": list(seen[0].shape),
+    "first_repeated": bool(np.array_equal(seen[0][..., :3], seen[0][..., 6:])
+                           and np.array_equal(seen[0][..., :3], seen[0][..., 3:6])),
+    "shifted": bool(np.array_equal(seen[1][..., :6], seen[0][..., 3:])),
+    "moved": bool(not np.array_equal(seen[0], seen[2])),
+}))
+"""
+
+
 def test_evaluation_env_stacks_frames(generated):
     """The task's evaluation episodes hand the policy frame stacks built like the training data's."""
-    import gymnasium
-
-    from fisher_decorator.envs import make_task
-
     directory, _ = generated
-    task = make_task(TASK, dataset_dir=str(directory), frame_stack=3)
-    task._env = gymnasium.wrappers.TimeLimit(task.env, max_episode_steps=3)  # 3 rendered steps, not 200
-    seen = []
-
-    def act(obs):
-        seen.append(obs.copy())
-        return np.zeros((1, 5), np.float32)
-
-    stats, _ = task.evaluate(act, episodes=1, seed=0)
-    task.close()
-    assert stats["episode.length"] == 3 and len(seen) == 3
-    assert seen[0].shape == (1, 64, 64, 9)
-    np.testing.assert_array_equal(seen[0][..., :3], seen[0][..., 6:])  # the first frame, repeated
-    np.testing.assert_array_equal(seen[1][..., :6], seen[0][..., 3:])  # then shifted by one frame
+    proc = subprocess.run(
+        [sys.executable, "-c", _EVAL_SCRIPT, TASK, str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=RENDER_ENV,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["length"] == 3 and r["calls"] == 3 and r["shape"] == [1, 64, 64, 9]
+    assert r["first_repeated"] and r["shifted"]  # the first frame repeated, then shifted by one frame
 
 
 def test_tiny_pixel_run_through_the_cli(generated, tmp_path):
@@ -285,12 +322,17 @@ def test_tiny_pixel_run_through_the_cli(generated, tmp_path):
 
 def test_triton_after_a_pixel_env_does_not_crash():
     """Mesa's EGL loads its own LLVM; Triton imported after it segfaults. Our pixel envs import Triton first."""
-    pytest.importorskip("triton")
+    if (
+        importlib.util.find_spec("triton") is None
+    ):  # not imported here: this process may have rendered already
+        pytest.skip("triton is not installed")
     code = (
         "from fisher_decorator.envs.ogbench_tasks import make_env\n"
         f"env = make_env({TASK!r}); env.reset(seed=0)\n"
         "import triton\n"
         "print('alive')\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=RENDER_ENV
+    )
     assert proc.returncode == 0 and "alive" in proc.stdout, proc.stderr[-2000:]

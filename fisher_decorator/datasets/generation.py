@@ -561,6 +561,8 @@ def generate(
         seed=seed,
         shard_episodes=shard_episodes,
     )
+    if plan.recipe.is_visual:  # before any worker (forked from here) imports MuJoCo
+        before_rendering()
     dataset_dir = pathlib.Path(dataset_dir).expanduser()
     dataset_dir.mkdir(parents=True, exist_ok=True)
     train_path, val_path = (dataset_dir / f for f in plan.recipe.files)

@@ -32,15 +32,16 @@ import torch
 from fisher_decorator.atomic import atomic_path
 from fisher_decorator.datasets.errors import DatasetError
 
-# Pixel environments render offscreen; without a display GLFW cannot, EGL can (through Mesa on a CPU). Set before
-# MuJoCo is first imported; a user's own MUJOCO_GL wins.
-os.environ.setdefault("MUJOCO_GL", "egl")
-
 
 def before_rendering() -> None:
-    """Call before creating a pixel environment. Mesa's EGL (llvmpipe) loads its own LLVM; importing Triton (its
-    LLVM) after that crashes the process (SIGSEGV in Triton's extension init), the other order is fine. So
-    Triton, where installed, is imported first."""
+    """Call in a process that will create a pixel environment, before anything imports MuJoCo.
+
+    - ``MUJOCO_GL=egl`` unless set: pixel envs render offscreen, which GLFW cannot without a display and EGL can
+      (Mesa's llvmpipe on a CPU). MuJoCo reads it once, at its first import; state tasks are left alone.
+    - Triton, where installed, imported first: Mesa's EGL loads its own LLVM, and importing Triton (its LLVM)
+      after that crashes the process (SIGSEGV in Triton's extension init); the other order is fine.
+    """
+    os.environ.setdefault("MUJOCO_GL", "egl")
     try:
         import triton  # noqa: F401
     except ImportError:
@@ -444,12 +445,15 @@ def load_visual_task(t, directory: pathlib.Path, *, validate: bool, action_clip_
         source = "official"
         manifest = loading.official_manifest(recipe.dataset, paths)
         episode_rows = recipe.max_episode_steps
-    before_rendering()
-    env = loading.make_task_env(t.env_name)
+    # The rewards depend on the state (qpos, buttons) and the task only: the state env of the same task relabels
+    # exactly as the pixel one, without rendering.
+    state_env_name = t.env_name.removeprefix("visual-")
+    before_rendering()  # the evaluation env of this process will render
+    env = loading.make_task_env(state_env_name)
     splits = {
         split: load_visual_split(
             path,
-            t.env_name,
+            state_env_name,
             env,
             validate=validate,
             episode_rows=episode_rows if validate else None,

@@ -210,11 +210,14 @@ def path_for(dtype: torch.dtype, op: str = "linear") -> str:
 
 
 def use_onednn(device: torch.device, dtype: torch.dtype, op: str = "linear") -> bool:
-    """Whether ``op`` on ``device`` in ``dtype`` runs on oneDNN (CPU fp32/bf16, not under torch.compile)."""
+    """Whether ``op`` on ``device`` in ``dtype`` runs on oneDNN (CPU fp32/bf16, not under torch.compile or a
+    functorch transform)."""
     return (
         device.type == "cpu"
         and dtype in (torch.float32, torch.bfloat16)
         and not torch.compiler.is_compiling()
+        # under vmap/grad (stacked seeds) a oneDNN call has no batching rule: ATen's GEMMs there
+        and torch._C._functorch.maybe_current_level() is None
         and path_for(dtype, op) == "onednn"
     )
 

@@ -38,7 +38,9 @@ from tests.precision import (
 from tests.train_helpers import assert_states_equal, full_state, run_tiny, tiny_configs
 
 OBS, ACT, B = 6, 2, 16
-SMALL = dict(actor_hidden_dims=(16, 16), value_hidden_dims=(16, 16), flow_steps=3)
+# gemm_path="mkl": stacked seeds run under vmap, where only ATen's GEMMs exist (gemm_path.use_onednn), so the
+# single agents they are compared with take the same GEMM library; the comparison is about stacking.
+SMALL = dict(actor_hidden_dims=(16, 16), value_hidden_dims=(16, 16), flow_steps=3, gemm_path="mkl")
 # The stacked and the single fp32 updates differ only by rounding (batched vs unbatched GEMMs, ATen vs
 # fused GELU, the reference vs the fused penalty). Both are compared with fp64 single agents started from
 # the same parameters and fed the same batches and noise, by the 2x-plain rule of tests/precision.py:

@@ -236,8 +236,9 @@ def time_toy() -> dict:
             "loadavg_after": os.getloadavg()}  # fmt: skip
 
 
-def time_authors_jax(args, agents: list[str]) -> list[dict]:
-    """The authors' jitted update timed in a subprocess (their Python env), right after ours."""
+def time_authors_jax(args, agents: list[str], before: list[dict] | None = None) -> list[dict]:
+    """The authors' jitted update timed in a subprocess (their Python env). ``before``: rows of a first timing
+    (before ours); the rows returned then hold the mean of both p50s, and each."""
     if not args.authors_repo:
         raise SystemExit("--jax-python needs --authors-repo (a checkout of ARC0127/Fisher-Decorator)")
     rows = []
@@ -262,7 +263,12 @@ def time_authors_jax(args, agents: list[str]) -> list[dict]:
                      "N": 10, "hidden": [512] * 4, "obs": OBS, "act": ACT, "mse_every_update": True},
             "p20_ms": res["p20_ms"], "p50_ms": res["p50_ms"], "p80_ms": res["p80_ms"],
             "updates_per_s": 1e3 / res["p50_ms"], "jax": res["jax"], "rounds": res["updates"],
+            "loadavg": os.getloadavg(),
         })  # fmt: skip
+    for row, first in zip(rows, before or []):
+        p50s = [first["p50_ms"], row["p50_ms"]]
+        row.update(p50_ms_before_ours=p50s[0], p50_ms_after_ours=p50s[1], p50_ms=sum(p50s) / 2,
+                   updates_per_s=2e3 / sum(p50s), loadavg_before_ours=first["loadavg"])  # fmt: skip
     return rows
 
 
@@ -374,13 +380,15 @@ def main(argv=None) -> int:
         for _ in range(args.warmup):
             agent.update(batch, with_metrics=with_metrics)
         print(f"warm-up {key:<28} {time.perf_counter() - t0:7.1f} s", flush=True)
+    # the JAX update timed before and after ours: a shared machine's drift during the run hits both sides
+    jax_before = time_authors_jax(args, agents) if args.jax_python else []
     load0 = os.getloadavg()
     times = {k: [] for k in cases}
     for _ in range(args.rounds):
         for key, (agent, batch, with_metrics) in cases.items():
             use_path(agent)
             times[key].append(timed(functools.partial(agent.update, batch, with_metrics=with_metrics)))
-    jax_rows = time_authors_jax(args, agents) if args.jax_python else []
+    jax_rows = time_authors_jax(args, agents, before=jax_before) if args.jax_python else []
     peaks = {
         "float32": gemm_peak(torch.float32, args.device),
         "bfloat16": gemm_peak(torch.bfloat16, args.device),

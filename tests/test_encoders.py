@@ -23,6 +23,7 @@ from fisher_decorator.agents.deflow import DeFlowConfig
 from fisher_decorator.agents.fidec import FiDecConfig
 from fisher_decorator.agents.fql import FQLConfig
 from fisher_decorator.encoders import ImpalaEncoder, make_encoder, max_pool_same
+from tests.precision import FUSED_ROLLOUT_FACTOR, U_FP32, assert_as_accurate
 
 AUTHORS = Path(os.environ.get("FIDEC_AUTHORS_DIR", "/work/authors"))
 JAX_PYTHON = Path(os.environ.get("FIDEC_JAX_PYTHON", "/work/jaxvenv/bin/python"))
@@ -305,3 +306,65 @@ def test_state_tasks_are_unchanged_by_the_encoder_option():
     assert a.obs_shape is None and not any("encoder" in k for k in a.state_dict())
     x = torch.randn(4, 7)
     assert a.encode(x) is x
+
+
+def test_fused_rollouts_and_penalty_with_an_encoder_as_accurate_as_the_plain_path():
+    """Fused rollouts and penalty op (defaults) on encoded states: no less accurate against an fp64 evaluation
+    than the plain reference path in fp32 (flash-attention's rule, the factor of the fused rollout's first
+    layer), for every loss of the update."""
+    fused = _agent("fidec")
+    plain = _agent("fidec", rollout_backend="reference", penalty_backend="reference")
+    exact = make_agent(
+        "fidec",
+        (64, 64, 9),
+        5,
+        FiDecConfig(**SMALL, rollout_backend="reference", penalty_backend="reference"),
+        dtype=torch.float64,
+    )
+    state = fused.state_dict()
+    plain.load_state_dict(state)
+    exact.load_state_dict({k: v.double() if v.is_floating_point() else v for k, v in state.items()})
+    batch, noise = _batch(), fused.sample_noise(6)
+    batch64 = {k: v.double() if v.is_floating_point() else v for k, v in batch.items()}
+    with torch.no_grad():
+        got = fused.total_loss(batch, noise)[1]
+        ref = plain.total_loss(batch, noise)[1]
+        ex = exact.total_loss(batch64, noise.to(dtype=torch.float64))[1]
+    for key in ("critic/critic_loss", "actor/bc_flow_loss", "actor/distill_loss", "actor/q", "actor/mse"):
+        assert_as_accurate(
+            got[key],
+            ref[key],
+            ex[key],
+            floor=8 * U_FP32 * ex[key].abs().item(),
+            factor=FUSED_ROLLOUT_FACTOR,
+            name=key,
+        )
+
+
+def test_rollouts_read_the_flow_encoders_columns():
+    """flow_actions on the concatenated features is the Euler loop of the velocity field on them (which selects
+    its own encoder's columns), for the fused and the reference backend: as accurate against the fp64 loop as
+    the fp32 loop is (a wrong column slice is off by O(1))."""
+    import copy
+
+    def loop(field, feats, z, N):
+        x = z.clone()
+        for i in range(N):
+            x = x + field(feats, x, i / N) / N
+        return x.clamp(-1, 1)
+
+    for backend in ("auto", "reference"):
+        agent = _agent("fidec", rollout_backend=backend)
+        N = agent.config.flow_steps
+        with torch.no_grad():
+            feats = agent.encode(_batch()["observations"])
+            z = torch.randn(6, 5, generator=torch.Generator().manual_seed(0))
+            exact = loop(copy.deepcopy(agent.velocity_field).double(), feats.double(), z.double(), N)
+            assert_as_accurate(
+                agent.flow_actions(feats, z),
+                loop(agent.velocity_field, feats, z, N),
+                exact,
+                floor=8 * U_FP32,
+                factor=FUSED_ROLLOUT_FACTOR,
+                name=f"rollout ({backend})",
+            )

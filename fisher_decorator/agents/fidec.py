@@ -138,7 +138,8 @@ class FiDecAgent(ResidualAgent):
         velocity, x_t = self.fisher_samples(obs, noise)
         penalty, trace_per_dim = fisher.penalty(velocity, x_t, noise.fisher_t, residual)
         if cfg.fisher_estimator == "jacobian":
-            quad = fisher.quadratic_jacobian(self.velocity_field, obs, x_t, noise.fisher_t, residual)
+            field_obs = self.velocity_field.select_obs(obs)  # pixel tasks: the flow's feature columns
+            quad = fisher.quadratic_jacobian(self.velocity_field, field_obs, x_t, noise.fisher_t, residual)
             penalty = quad / (trace_per_dim * d)
         info = {}
         if with_metrics:

@@ -69,18 +69,12 @@ def reward_shift_for(task: str) -> float:
 
 
 def env_factory(task):
-    """``make()`` -> a fresh exploration env (gymnasium's reset/step) for the task object: its ``make_env``, or
-    for D4RL tasks ``envs.make_d4rl_env`` (the same env as their evaluation)."""
+    """``make()`` -> a fresh exploration env (gymnasium's reset/step): the task object's ``make_env`` (OGBench,
+    D4RL: the same env as their evaluation; the toy bandit: its one-step env)."""
     make = getattr(task, "make_env", None)
-    if make is not None:
-        return make
-    from fisher_decorator.presets import parse_task
-
-    if parse_task(task.name).kind == "d4rl":
-        from fisher_decorator.envs import make_d4rl_env
-
-        return lambda: make_d4rl_env(task.name)
-    raise ConfigError(f"task {task.name} has no environment to fine-tune in (no make_env)")
+    if make is None:
+        raise ConfigError(f"task {task.name} has no environment to fine-tune in (no make_env)")
+    return make
 
 
 def normalized_return_for(task: str):

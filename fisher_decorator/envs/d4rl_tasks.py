@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from fisher_decorator.datasets.registry import D4RL_DATASETS, D4RLAdroit
+from fisher_decorator.envs.episodes import EpisodeTask
 
 
 def d4rl_spec(task: str):
@@ -47,7 +48,7 @@ def normalized_score(task: str, episode_return: float) -> float:
     return (episode_return - spec.ref_min_score) / (spec.ref_max_score - spec.ref_min_score)
 
 
-class D4RLTask:
+class D4RLTask(EpisodeTask):
     """One D4RL dataset: its transitions and episode-by-episode evaluation in D4RL's env."""
 
     def __init__(self, task: str, dataset_dir: str | None = None):
@@ -64,53 +65,8 @@ class D4RLTask:
 
         return load_task_datasets(self.name, self.dataset_dir, validate=True)
 
-    @property
-    def env(self):
-        if self._env is None:
-            self._env = make_d4rl_env(self.name)
-        return self._env
+    def new_env(self, *, render: bool = False):
+        return make_d4rl_env(self.name, render=render)
 
-    def _run_episode(self, env, act, seed: int, frame_skip: int | None):
-        obs, info = env.reset(seed=seed)
-        done, ret, length, frames = False, 0.0, 0, []
-        while not done:
-            action = np.clip(np.asarray(act(np.asarray(obs, dtype=np.float32)[None]))[0], -1.0, 1.0)
-            obs, reward, terminated, truncated, info = env.step(action)
-            done = terminated or truncated
-            ret += float(reward)
-            length += 1
-            if frame_skip is not None and (length % frame_skip == 0 or done):
-                frames.append(np.asarray(env.render()).copy())
-        return info, ret, length, frames
-
-    def evaluate(self, act, *, episodes: int, seed: int, video_episodes: int = 0, video_frame_skip: int = 3):
-        """Mean success, return, D4RL normalised score and length over ``episodes`` episodes, plus videos."""
-        rng = np.random.default_rng(seed)
-        success, returns, lengths = [], [], []
-        for _ in range(episodes):
-            info, ret, length, _ = self._run_episode(self.env, act, int(rng.integers(2**31 - 1)), None)
-            success.append(float(info.get("success", 0.0)))
-            returns.append(ret)
-            lengths.append(length)
-        videos = []
-        if video_episodes > 0:
-            if self._render_env is None:
-                self._render_env = make_d4rl_env(self.name, render=True)
-            for _ in range(video_episodes):
-                _, _, _, frames = self._run_episode(
-                    self._render_env, act, int(rng.integers(2**31 - 1)), video_frame_skip
-                )
-                videos.append(np.stack(frames))
-        stats = {
-            "success": float(np.mean(success)),
-            "episode.return": float(np.mean(returns)),
-            "episode.length": float(np.mean(lengths)),
-            "normalized_score": float(np.mean([normalized_score(self.name, r) for r in returns])),
-        }
-        return stats, videos
-
-    def close(self) -> None:
-        for env in (self._env, self._render_env):
-            if env is not None:
-                env.close()
-        self._env = self._render_env = None
+    def extra_stats(self, returns: list[float]) -> dict[str, float]:
+        return {"normalized_score": float(np.mean([normalized_score(self.name, r) for r in returns]))}

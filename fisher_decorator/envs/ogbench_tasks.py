@@ -12,9 +12,8 @@ from __future__ import annotations
 import os
 import warnings
 
-import numpy as np
-
-from fisher_decorator.datasets.visual import FrameStack, before_rendering, set_visual_options
+from fisher_decorator.datasets.visual import before_rendering, set_visual_options
+from fisher_decorator.envs.episodes import EpisodeTask
 
 
 def _quiet_imports():
@@ -43,8 +42,8 @@ def make_env(task: str, *, render: bool = False, render_size: int = 200):
     return ogbench.make_env_and_datasets(task, env_only=True, **kwargs)
 
 
-class OGBenchTask:
-    """One OGBench single task: its datasets and episode-by-episode evaluation."""
+class OGBenchTask(EpisodeTask):
+    """One OGBench single task: its datasets and episode-by-episode evaluation (:class:`EpisodeTask`)."""
 
     def __init__(
         self,
@@ -71,59 +70,5 @@ class OGBenchTask:
         self.action_dim = int(data.train["actions"].shape[-1])
         return data
 
-    def make_env(self):
-        """A fresh env for online exploration (the authors' ``env``, apart from the evaluation ``eval_env``)."""
-        return make_env(self.name)
-
-    @property
-    def env(self):
-        if self._env is None:
-            self._env = make_env(self.name)
-        return self._env
-
-    def _run_episode(self, env, act, seed: int, frame_skip: int | None):
-        stack = FrameStack(self.frame_stack)  # pixel tasks: frames stacked as in the training data
-        obs, info = env.reset(seed=seed)
-        obs = stack.reset(obs)
-        done, ret, length, frames = False, 0.0, 0, []
-        while not done:
-            action = np.clip(np.asarray(act(np.asarray(obs, dtype=np.float32)[None]))[0], -1.0, 1.0)
-            obs, reward, terminated, truncated, info = env.step(action)
-            obs = stack.step(obs)
-            done = terminated or truncated
-            ret += float(reward)
-            length += 1
-            if frame_skip is not None and (length % frame_skip == 0 or done):
-                frames.append(np.asarray(env.render()).copy())
-        return info, ret, length, frames
-
-    def evaluate(self, act, *, episodes: int, seed: int, video_episodes: int = 0, video_frame_skip: int = 3):
-        """Mean success / return / length over ``episodes`` episodes, plus rendered videos (frames)."""
-        rng = np.random.default_rng(seed)
-        success, returns, lengths = [], [], []
-        for _ in range(episodes):
-            info, ret, length, _ = self._run_episode(self.env, act, int(rng.integers(2**31 - 1)), None)
-            success.append(float(info.get("success", 0.0)))
-            returns.append(ret)
-            lengths.append(length)
-        videos = []
-        if video_episodes > 0:
-            if self._render_env is None:
-                self._render_env = make_env(self.name, render=True)
-            for _ in range(video_episodes):
-                _, _, _, frames = self._run_episode(
-                    self._render_env, act, int(rng.integers(2**31 - 1)), video_frame_skip
-                )
-                videos.append(np.stack(frames))
-        stats = {
-            "success": float(np.mean(success)),
-            "episode.return": float(np.mean(returns)),
-            "episode.length": float(np.mean(lengths)),
-        }
-        return stats, videos
-
-    def close(self) -> None:
-        for env in (self._env, self._render_env):
-            if env is not None:
-                env.close()
-        self._env = self._render_env = None
+    def new_env(self, *, render: bool = False):
+        return make_env(self.name, render=render)

@@ -104,6 +104,27 @@ def test_rollout_and_jvp_follow_the_path(path_state, K):
         assert_as_accurate(a, p, e, floor=_floor(e), name=name)
 
 
+@needs_onednn
+def test_vmap_and_grad_fall_back_to_aten(path_state):
+    """The multi-seed update vmaps grad(loss) over stacked parameters: the MLP still runs (on ATen there)."""
+    from torch.func import functional_call, grad, vmap
+
+    gemm_path.configure("onednn")
+    net = MLP(4, (8,), 2, fused_gelu=False, generator=torch.Generator().manual_seed(0))
+    params = {k: torch.stack([v.detach(), v.detach() + 0.1]) for k, v in net.named_parameters()}
+    x = torch.randn(2, 5, 4, generator=torch.Generator().manual_seed(1))
+
+    def loss(p, x):
+        return functional_call(net, p, (x,)).square().sum()
+
+    got = vmap(grad(loss))(params, x)
+    for s in range(2):  # each seed's gradient as the eager (oneDNN) one, to fp32 rounding of these sizes
+        p = {k: v[s].clone().requires_grad_() for k, v in params.items()}
+        loss(p, x[s]).backward()
+        for k in params:
+            torch.testing.assert_close(got[k][s], p[k].grad, rtol=1e-4, atol=1e-5)
+
+
 def test_probe_picks_a_path_per_dtype_and_op():
     result = gemm_path.probe(rounds=1)
     assert gemm_path._valid_choice(result["choice"])

@@ -77,11 +77,13 @@ def _inputs(agent, n=64, seed=3):
     ],
 )
 def test_exported_policy_acts_like_the_agent_on_the_reference_path(tmp_path, fmt, agent, sets):
-    """An agent on the reference path (plain rollout, ATen GELU) and its export: the same operations
+    """An agent on the reference path (plain rollout, ATen GELU and GEMMs) and its export: the same operations
     in the same order, so the same actions bit for bit."""
     if fmt == "safetensors":
         pytest.importorskip("safetensors")
-    run = _run_dir(tmp_path, agent, "rollout_backend=reference", "fused_gelu=false", *sets)
+    # gemm_path=mkl: the export runs ATen's F.linear; where this machine's probe picks oneDNN for the agent's
+    # linears, the same operations in the same order need the agent on ATen's GEMMs too.
+    run = _run_dir(tmp_path, agent, "rollout_backend=reference", "fused_gelu=false", "gemm_path=mkl", *sets)
     out = tmp_path / f"policy.{'pt' if fmt == 'torchscript' else 'safetensors'}"
     assert main(["export", "--run", str(run), "--format", fmt, "--out", str(out)]) == 0
     trained, _, step = load_agent(run)

@@ -171,7 +171,7 @@ def _as_accurate(tmp_path, name: str, u: float, **cfg_kw) -> None:
 
 
 def test_exported_pixel_policy_matches_the_fused_agent_to_rounding(tmp_path):
-    _as_accurate(tmp_path, "fidec", U_FP32)
+    _as_accurate(tmp_path, "fidec", U_FP32, gemm_path="auto")  # the default agent, on this machine's GEMMs
 
 
 def test_exported_bf16_encoder_matches_the_agent(tmp_path):
@@ -187,7 +187,7 @@ def test_exported_bf16_encoder_matches_the_agent(tmp_path):
     from fisher_decorator.exported_policy import load_policy
 
     assert torch.equal(load_policy(str(out))(obs, noise), agent.sample_actions(obs, noise=noise))
-    _as_accurate(tmp_path / "default", "fidec", U_BF16, encoder_dtype="bfloat16")
+    _as_accurate(tmp_path / "default", "fidec", U_BF16, encoder_dtype="bfloat16", gemm_path="auto")
 
 
 def test_frame_stacker_repeats_the_first_frame_then_shifts():

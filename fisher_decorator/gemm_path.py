@@ -10,7 +10,10 @@ best round kept) and picks, per dtype, the faster path for a plain linear and fo
 The choice is cached per machine (CPU model, ISA flags, thread count) and torch version in
 ``$FIDEC_CACHE_DIR/gemm_path.json`` (default ``~/.cache/fisher_decorator``), written atomically; a probe
 whose rounds spread too much (a loaded machine) is used for this process only, never cached.
-``gemm_path=mkl|onednn`` (the agents' config field) skips the probe.
+``gemm_path=mkl|onednn`` (the agents' config field) skips the probe. ``$FIDEC_GEMM_CHOICE`` (the JSON of a
+choice, ``{"float32": {"linear": "onednn", ...}, ...}``) replaces the probe for "auto": one choice for every
+process of a cluster job or a test session. A resumed run takes the choice its config.json recorded
+(:func:`pin`), so it continues on the GEMMs it started with (bit-identical resume).
 
 Both paths compute the same sums in a different order: results agree to fp32 (or bf16) rounding, and
 :func:`linear` keeps autograd (oneDNN has no backward of its own: the backward here runs the input
@@ -35,6 +38,7 @@ OPS = ("linear", "linear_gelu")
 DTYPES = ("float32", "bfloat16")
 CACHE_ENV = "FIDEC_CACHE_DIR"
 CACHE_FILE = "gemm_path.json"
+CHOICE_ENV = "FIDEC_GEMM_CHOICE"
 PROBE_ROWS = (256, 1024)
 PROBE_WIDTH = 512
 # a probe whose median round is this much slower than its best was taken on a busy machine: not cached
@@ -134,6 +138,18 @@ def _read_cache(path: Path) -> dict:
 
 def measured_choice(*, use_cache: bool = True) -> dict:
     """The probe's result for this machine: from the cache, or probed now (and cached unless noisy)."""
+    pinned = os.environ.get(CHOICE_ENV)
+    if pinned:
+        try:
+            choice = json.loads(pinned)
+        except ValueError:
+            choice = None
+        if not _valid_choice(choice):
+            raise ValueError(
+                f"${CHOICE_ENV} must be the JSON of a choice per dtype {DTYPES} and op {OPS} "
+                f'("mkl" or "onednn"), got {pinned!r}'
+            )
+        return {"choice": choice, "source": f"${CHOICE_ENV}"}
     key = machine_key()
     path = cache_path()
     if use_cache:
@@ -180,6 +196,17 @@ def configure(setting: str = "auto") -> dict:
         result = {"choice": {dt: dict.fromkeys(OPS, setting) for dt in DTYPES}, "source": "config"}
     _state.update(setting=setting, choice=result)
     return record()
+
+
+def pin(recorded: dict | None) -> bool:
+    """Make "auto" mean the choice a run recorded (config.json's ``environment.gemm_path``), so a resumed run
+    keeps its GEMMs; returns whether a valid recorded choice was pinned (else "auto" measures as usual)."""
+    if not isinstance(recorded, dict) or not _valid_choice(recorded.get("choice")):
+        return False
+    _state.update(
+        setting="auto", choice={"choice": recorded["choice"], "source": "resumed run's config.json"}
+    )
+    return True
 
 
 def configure_gemm_path(setting: str, device: torch.device | str) -> dict:

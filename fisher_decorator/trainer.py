@@ -266,6 +266,11 @@ class Trainer:
         self.online_loop = None
         self.eval_history: list[dict[str, float]] = []
         self.resume = self.rundir.prepare(train_cfg, agent_cfg, resume=resume)
+        if self.resume and agent_cfg.gemm_path == "auto":
+            from fisher_decorator import gemm_path
+
+            # continue on the GEMMs the run started with (a new probe may choose otherwise: not bit-identical)
+            gemm_path.pin(self.rundir.read_config().get("environment", {}).get("gemm_path"))
         if self.resume and online is not None:
             from fisher_decorator.online import check_resumable
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import tempfile
@@ -21,7 +22,14 @@ collect_ignore = [] if os.environ.get("TRITON_INTERPRET") == "1" else ["interpre
 
 
 def pytest_sessionstart(session):
-    """Under CI (CI=true) a compiled extension that did not build or load is a failure, not ~900 skips."""
+    """One GEMM-path choice for the session and its subprocesses; under CI (CI=true) a compiled extension that
+    did not build or load is a failure, not ~900 skips."""
+    from fisher_decorator import gemm_path
+
+    # A probe on a loaded machine may choose differently in each process: a straight run and its killed-and-
+    # resumed twin in two processes would then run different GEMMs and differ in the last bits.
+    if not os.environ.get(gemm_path.CHOICE_ENV):
+        os.environ[gemm_path.CHOICE_ENV] = json.dumps(gemm_path.measured_choice(use_cache=False)["choice"])
     if os.environ.get("CI", "").lower() not in ("1", "true", "yes"):
         return
     from fisher_decorator.ops import backend_info

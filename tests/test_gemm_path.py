@@ -19,8 +19,10 @@ needs_onednn = pytest.mark.skipif(not gemm_path.onednn_available(), reason="this
 
 
 @pytest.fixture
-def path_state():
-    """Restore the process's GEMM path after a test sets one."""
+def path_state(monkeypatch):
+    """Restore the process's GEMM path after a test sets one; "auto" measures (the session's pinned choice,
+    $FIDEC_GEMM_CHOICE from conftest, is lifted)."""
+    monkeypatch.delenv(gemm_path.CHOICE_ENV, raising=False)
     saved = dict(gemm_path._state)
     yield
     gemm_path._state.update(saved)
@@ -199,3 +201,25 @@ def test_agent_config_sets_and_records_the_path(tmp_path, monkeypatch, path_stat
     make_agent("fidec", 4, 2, cfg, seed=0)
     assert environment()["gemm_path"]["setting"] == "mkl"
     assert environment()["gemm_path"]["choice"]["float32"] == {"linear": "mkl", "linear_gelu": "mkl"}
+
+
+def test_pinned_choice_from_the_environment_and_from_a_resumed_run(monkeypatch, path_state):
+    """$FIDEC_GEMM_CHOICE replaces the probe (one choice for every process of a job); a bad one is refused;
+    pin() makes "auto" the choice a run recorded, and ignores a record without one."""
+    choice = {dt: {"linear": "onednn", "linear_gelu": "mkl"} for dt in gemm_path.DTYPES}
+    monkeypatch.setattr(gemm_path, "probe", lambda: pytest.fail("probed although a choice was pinned"))
+    monkeypatch.setenv(gemm_path.CHOICE_ENV, json.dumps(choice))
+    got = gemm_path.measured_choice()
+    assert got["choice"] == choice and got["source"] == "$FIDEC_GEMM_CHOICE"
+    monkeypatch.setenv(gemm_path.CHOICE_ENV, '{"float32": "fast"}')
+    with pytest.raises(ValueError, match="FIDEC_GEMM_CHOICE must be the JSON of a choice"):
+        gemm_path.measured_choice()
+    monkeypatch.delenv(gemm_path.CHOICE_ENV)
+    gemm_path.configure("mkl")
+    assert not gemm_path.pin({"setting": "auto"}) and gemm_path.path_for(torch.float32) == "mkl"
+    assert gemm_path.pin({"setting": "auto", "choice": choice})
+    assert gemm_path.configure("auto")["choice"] == choice  # an agent built now keeps the pinned choice
+    assert (
+        gemm_path.path_for(torch.float32) == "onednn"
+        and gemm_path.path_for(torch.float32, "linear_gelu") == "mkl"
+    )

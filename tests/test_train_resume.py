@@ -162,3 +162,30 @@ def test_sigkill_then_resume_matches_a_straight_run(tmp_path):
         assert_states_equal(a["agent"][part], b["agent"][part], part)
     assert_states_equal(a["agent"]["optimizer"]["state"], b["agent"]["optimizer"]["state"], "optimizer")
     assert torch.equal(a["sampler"], b["sampler"])
+
+
+def test_a_resumed_run_keeps_the_gemm_path_it_started_with(tmp_path, monkeypatch):
+    """gemm_path=auto: a resumed process takes the choice recorded in config.json, not a new probe's (which may
+    differ on a loaded machine and would change the last bits of every update)."""
+    import json
+
+    from fisher_decorator import gemm_path
+
+    def choose(path: str) -> None:
+        choice = {dt: dict.fromkeys(gemm_path.OPS, path) for dt in gemm_path.DTYPES}
+        monkeypatch.setenv(gemm_path.CHOICE_ENV, json.dumps(choice))
+        gemm_path._state.update(setting=None, choice=None)  # a fresh process
+
+    saved = dict(gemm_path._state)
+    try:
+        choose("mkl")
+        run_tiny(tmp_path / "r", "fql", steps=4, save_interval=4, eval_interval=0, tensorboard=False)
+        choose("onednn" if gemm_path.onednn_available() else "mkl")
+        trainer, _ = run_tiny(
+            tmp_path / "r", "fql", resume=True, steps=6, save_interval=2, eval_interval=0, tensorboard=False
+        )
+        assert gemm_path.path_for(torch.float32) == "mkl"
+        recorded = json.loads((tmp_path / "r" / "config.json").read_text())["environment"]["gemm_path"]
+        assert recorded["choice"]["float32"]["linear"] == "mkl"
+    finally:
+        gemm_path._state.update(saved)

@@ -232,7 +232,8 @@ def test_registry_dimensions_match_the_environments():
 
     seen = set()
     for recipe in OGBENCH_RECIPES.values():
-        if recipe.env_name in seen or recipe.is_visual:  # pixel envs render (EGL): tests/test_visual_datasets.py
+        # pixel envs render (EGL): tests/test_visual_datasets.py
+        if recipe.env_name in seen or recipe.is_visual:
             continue
         seen.add(recipe.env_name)
         kwargs = {"mode": "data_collection"} if recipe.family == "manipspace" else {}

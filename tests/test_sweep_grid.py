@@ -35,7 +35,8 @@ def test_seeds_agents_tasks():
     with pytest.raises(SweepError, match="valid agents: fidec, deflow, fql"):
         parse_agents("fidec,iql")
     paper = parse_tasks("paper")
-    assert len(paper) == 50 + 18 and paper[0] == "antmaze-large-navigate-singletask-task1-v0"  # + D4RL (issue 11)
+    # 50 OGBench tasks + the 18 D4RL datasets
+    assert len(paper) == 50 + 18 and paper[0] == "antmaze-large-navigate-singletask-task1-v0"
     assert [t.rsplit("-singletask", 1)[0] for t in paper[:50:5]] == ogbench_families()
     assert paper[50] == "antmaze-umaze-v2" and paper[56] == "pen-human-v1"
     assert parse_tasks("cube-single-play") == [f"cube-single-play-singletask-task{i}-v0" for i in range(1, 6)]

@@ -12,7 +12,8 @@ bool cpu_has(CpuIsa isa) {
 #if defined(__x86_64__) && defined(__GNUC__)
   switch (isa) {
     case CpuIsa::Avx512:
-      return __builtin_cpu_supports("avx512f");
+      // F for the fp32 rows, BW for the 16-bit lanes of the bf16 rows (every AVX-512 CPU since Skylake-SP)
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
     case CpuIsa::Avx2:
       return __builtin_cpu_supports("avx2");
     case CpuIsa::Baseline:

@@ -77,6 +77,29 @@ def flow_rollout(
     return euler_rollout_ref(velocity_field, obs, noise, steps)
 
 
+@torch.no_grad()
+def flow_rollouts(
+    velocity_field: VelocityFn,
+    rollouts: list[tuple[torch.Tensor, torch.Tensor]],
+    steps: int,
+    options: RolloutOptions | None = None,
+) -> list[torch.Tensor]:
+    """:func:`flow_rollout` of several ``(obs, noise)`` pairs; a plain MLP field runs them as one rollout
+    (:func:`fisher_decorator.ops.euler_rollout_groups`: each group's rows in the same GEMMs), other fields
+    one by one. Results as :func:`flow_rollout`'s for each pair, to rounding."""
+    options = options or RolloutOptions()
+    if isinstance(velocity_field, MLP) and not velocity_field.layer_norm:
+        return ops.euler_rollout_groups(
+            velocity_field,
+            rollouts,
+            steps,
+            backend=options.backend,
+            rollout_dtype=options.dtype,
+            workspace=options.workspace,
+        )
+    return [flow_rollout(velocity_field, obs, noise, steps, options) for obs, noise in rollouts]
+
+
 # The name before the op of the same name made it ambiguous; kept working.
 euler_rollout = flow_rollout
 

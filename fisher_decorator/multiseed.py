@@ -124,7 +124,12 @@ def _template_class(cls: type[FlowAgent]) -> type[FlowAgent]:
     return type(
         f"Stacked{cls.__name__}",
         (cls,),
-        {"flow_actions": flow_actions, "__doc__": f"{cls.__name__} as the template of a stacked update."},
+        {
+            "flow_actions": flow_actions,
+            # the stacked op already batches each rollout over the seeds; no grouped prefetch under vmap
+            "update_rollouts": lambda self, batch, noise, *, with_metrics: [],
+            "__doc__": f"{cls.__name__} as the template of a stacked update.",
+        },
     )
 
 

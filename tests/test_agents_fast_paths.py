@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from fisher_decorator.agents import AGENTS, FiDecConfig, make_agent
+import fisher_decorator.ops as ops_module
 from fisher_decorator.ops import available_backends, fisher_quadratic_jacobian
 from fisher_decorator.sampler import BatchPrefetcher, TransitionSampler
 from tests.precision import U_BF16, assert_rounded_at, unclamped
@@ -39,6 +40,62 @@ def test_fused_paths_give_the_plain_update(name):
     pp, pf = params(plain), params(fused)
     for k in pp:
         torch.testing.assert_close(pf[k], pp[k], rtol=0, atol=1e-5, msg=k)
+
+
+@needs_ext
+@pytest.mark.parametrize("name", ["fidec", "deflow"])
+@pytest.mark.parametrize("with_metrics", [False, True])
+def test_an_updates_rollouts_run_as_one(name, with_metrics, monkeypatch):
+    """The critic target's, the base actions', the Fisher samples' and (logging steps) the mse diagnostic's
+    rollouts run as one grouped rollout, and nothing else rolls out; the update is the one with separate
+    rollouts, to fp32 rounding."""
+    grouped, separate = make(name), make(name)
+    separate.update_rollouts = lambda batch, noise, *, with_metrics: []  # each loss rolls out its own
+    calls = {"grouped": [], "single": 0}
+    real_groups, real_single = ops_module.euler_rollout_groups, ops_module.euler_rollout
+
+    def count_groups(params, rollouts, steps, **kw):
+        calls["grouped"].append(len(rollouts))
+        return real_groups(params, rollouts, steps, **kw)
+
+    def count_single(*args, **kw):
+        calls["single"] += 1
+        return real_single(*args, **kw)
+
+    monkeypatch.setattr(ops_module, "euler_rollout_groups", count_groups)
+    monkeypatch.setattr(ops_module, "euler_rollout", count_single)
+    noise = grouped.sample_noise(B)
+    info_g = grouped.update(batch(3), noise, with_metrics=with_metrics)
+    expected = 2 + (name == "fidec") + with_metrics
+    assert calls == {"grouped": [expected], "single": 0}
+    info_s = separate.update(batch(3), noise, with_metrics=with_metrics)
+    assert calls["single"] == expected
+    for k in info_s:
+        torch.testing.assert_close(info_g[k], info_s[k], rtol=2e-5, atol=2e-6, msg=k)
+    pg, ps = params(grouped), params(separate)
+    for k in ps:
+        torch.testing.assert_close(pg[k], ps[k], rtol=0, atol=1e-6, msg=k)
+
+
+@needs_ext
+@pytest.mark.parametrize("rollout_dtype", ["float32", "bfloat16"])
+def test_rollouts_follow_the_optimizer_steps(rollout_dtype):
+    """After fused-Adam steps (which leave version counters alone) the agent rolls out its current weights,
+    not copies kept from before (bf16 rollouts once used the first update's weight copies for ever)."""
+    agent = make("fidec", rollout_dtype=rollout_dtype)
+    obs = batch(0)["observations"]
+    z = torch.randn(B, ACT, generator=torch.Generator().manual_seed(5))
+    before = agent.flow_actions(obs, z).clone()
+    run_updates(agent, 2)
+    fresh = ops_module.euler_rollout(
+        agent.velocity_field,
+        obs,
+        z,
+        agent.config.flow_steps,
+        rollout_dtype=rollout_dtype,
+        workspace=ops_module.RolloutWorkspace(),
+    )
+    assert torch.equal(agent.flow_actions(obs, z), fresh) and not torch.equal(before, fresh)
 
 
 @needs_ext

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fdkernels.euler_rollout import euler_rollout_ref
-from fisher_decorator.ops import RolloutWorkspace, available_backends, euler_rollout
+from fisher_decorator.ops import RolloutWorkspace, available_backends, euler_rollout, euler_rollout_groups
 from fisher_decorator.ops.euler_rollout import onednn_linear_gelu_available
 from tests.mlp_cases import make_mlp
 from tests.precision import (
@@ -107,21 +107,117 @@ def test_bf16_rollout_error_at_most_twice_plain_bf16(impl):
 
 
 @needs_ext
-def test_workspace_is_reused_and_weight_changes_are_seen():
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("rollout_dtype", ["float32", "bfloat16"])
+def test_workspace_is_reused_and_weight_changes_are_seen(impl, rollout_dtype):
+    """Buffers are reused; weight copies (bf16, oneDNN-packed: 64 x 5 rows) follow an in-place weight change."""
     params = [(w.float(), b.float()) for w, b in make_mlp(6, 3, (32, 32), torch.float64)]
     ws = RolloutWorkspace()
-    s, noise = _inputs(8, 4, 6, 3, torch.float32)
-    a1 = euler_rollout(params, s, noise, 4, backend="cpu", rollout_dtype="bfloat16", workspace=ws).clone()
+    s, noise = _inputs(64, 5, 6, 3, torch.float32)
+    kw = dict(backend="cpu", rollout_dtype=rollout_dtype, hidden_impl=impl)
+    a1 = euler_rollout(params, s, noise, 4, workspace=ws, **kw).clone()
     n_buffers = len(ws._buffers)
-    a2 = euler_rollout(params, s, noise, 4, backend="cpu", rollout_dtype="bfloat16", workspace=ws)
+    a2 = euler_rollout(params, s, noise, 4, workspace=ws, **kw)
     assert torch.equal(a1, a2) and len(ws._buffers) == n_buffers  # same buffers, same result
     with torch.no_grad():
-        params[1][0].mul_(-1.0)  # an optimizer step changes a weight in place: the bf16 copy must follow
-    a3 = euler_rollout(params, s, noise, 4, backend="cpu", rollout_dtype="bfloat16", workspace=ws)
-    want = euler_rollout(
-        params, s, noise, 4, backend="cpu", rollout_dtype="bfloat16", workspace=RolloutWorkspace()
-    )
+        params[1][0].mul_(-1.0)  # an optimizer step changes a weight in place: every copy must follow
+    a3 = euler_rollout(params, s, noise, 4, workspace=ws, **kw)
+    want = euler_rollout(params, s, noise, 4, workspace=RolloutWorkspace(), **kw)
     assert torch.equal(a3, want) and not torch.equal(a3, a1)
+
+
+@needs_ext
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("rollout_dtype", ["float32", "bfloat16"])
+def test_a_fused_adam_step_is_seen(impl, rollout_dtype):
+    """Fused Adam updates the weights without moving their version counters: a workspace that kept weight
+    copies keyed on versions would roll out the old weights (as it once did for bf16)."""
+    params = [
+        (torch.nn.Parameter(w.float()), torch.nn.Parameter(b.float()))
+        for w, b in make_mlp(6, 3, (32, 32), torch.float64)
+    ]
+    flat = [t for layer in params for t in layer]
+    opt = torch.optim.Adam(flat, lr=0.1, fused=True)
+    ws = RolloutWorkspace()
+    s, noise = _inputs(64, 5, 6, 3, torch.float32)
+    kw = dict(backend="cpu", rollout_dtype=rollout_dtype, hidden_impl=impl)
+    before = euler_rollout(params, s, noise, 4, workspace=ws, **kw).clone()
+    for t in flat:
+        t.grad = torch.ones_like(t)
+    opt.step()
+    after = euler_rollout(params, s, noise, 4, workspace=ws, **kw)
+    fresh = euler_rollout(params, s, noise, 4, workspace=RolloutWorkspace(), **kw)
+    assert torch.equal(after, fresh) and not torch.equal(after, before)
+
+
+GROUPS = [  # per group: B, K (0: noise [B, d])
+    [(5, 0), (5, 0), (5, 8)],  # an update's next-action, base and Fisher rollouts
+    [(1, 0), (3, 2)],
+    [(7, 3), (2, 0), (1, 1), (4, 5)],
+]
+
+
+def _group_inputs(groups, obs, d, dtype):
+    return [_inputs(B, K, obs, d, dtype, seed=10 + i) for i, (B, K) in enumerate(groups)]
+
+
+@needs_ext
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("d", [1, 5])
+@pytest.mark.parametrize("groups", GROUPS, ids=lambda g: "+".join(f"{b}x{k}" for b, k in g))
+def test_grouped_rollouts_are_each_groups_own_rollout(groups, d, dtype, impl):
+    """One rollout over every group's rows gives each group its own rollout, to rounding (another row count
+    may block the GEMMs otherwise; the per-row arithmetic is the same)."""
+    if impl == "onednn" and dtype == torch.float64:
+        pytest.skip("oneDNN's linear is fp32/bf16 only")
+    obs, hidden, steps = 7, (33, 33), 6
+    params64 = make_mlp(obs, d, hidden, torch.float64, scale=2.0)
+    params = [(w.to(dtype), b.to(dtype)) for w, b in params64]
+    rollouts = _group_inputs(groups, obs, d, dtype)
+    got = euler_rollout_groups(params, rollouts, steps, backend="cpu", hidden_impl=impl)
+    assert [g.shape for g in got] == [z.shape for _, z in rollouts]
+    for i, (g, (s, z)) in enumerate(zip(got, rollouts)):
+        own = euler_rollout(params, s, z, steps, backend="cpu", hidden_impl=impl)
+        if dtype == torch.float32:
+            s64, z64 = s.double(), z.double()
+            exact = euler_rollout_ref(params64, s64, z64, steps)
+            floor = 4 * U_FP32 * exact.abs().max().item()
+            assert_as_accurate(g, own, exact, floor=floor, factor=FUSED_ROLLOUT_FACTOR, name=f"group {i}")
+        else:
+            tol = steps * (len(hidden) + 1) * gamma(max(obs + d + 1, *hidden), U_FP64)
+            assert_verbose_allclose(g, own, rtol=tol, atol=tol, name=f"group {i}")
+
+
+@needs_ext
+def test_grouped_bf16_rollouts_run_in_bf16():
+    params = [(w.float(), b.float()) for w, b in make_mlp(6, 3, (64, 64), torch.float64)]
+    rollouts = _group_inputs([(4, 0), (4, 8)], 6, 3, torch.float32)
+    got = euler_rollout_groups(params, rollouts, 5, backend="cpu", rollout_dtype="bfloat16")
+    for g, (s, z) in zip(got, rollouts):
+        full = euler_rollout(params, s, z, 5, backend="cpu")
+        assert_rounded_at(g, full, U_BF16, where=unclamped(full), name="bf16 grouped actions")
+
+
+def test_grouped_rollouts_on_the_reference_backend_are_separate_rollouts():
+    params = make_mlp(4, 2, (8,), torch.float64)
+    rollouts = _group_inputs([(3, 0), (2, 4)], 4, 2, torch.float64)
+    got = euler_rollout_groups(params, rollouts, 5, backend="reference")
+    for g, (s, z) in zip(got, rollouts):
+        assert torch.equal(g, euler_rollout(params, s, z, 5, backend="reference"))
+    assert euler_rollout_groups(params, [], 5) == []
+
+
+@needs_ext
+def test_grouped_rollout_errors_name_the_group():
+    params = make_mlp(4, 2, (8,), torch.float64)
+    (s0, z0), (s1, z1) = _group_inputs([(3, 0), (2, 4)], 4, 2, torch.float64)
+    with pytest.raises(ValueError, match="rollout 1: noise must be"):
+        euler_rollout_groups(params, [(s0, z0), (s1, z1[:1])], 5, backend="cpu")
+    with pytest.raises(TypeError, match="rollout 1: .*dtype"):
+        euler_rollout_groups(params, [(s0, z0), (s1.float(), z1.float())], 5, backend="cpu")
+    with pytest.raises(ValueError, match="steps must be an int >= 1"):
+        euler_rollout_groups(params, [(s0, z0), (s1, z1)], 0, backend="cpu")
 
 
 @needs_ext

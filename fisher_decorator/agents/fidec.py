@@ -117,6 +117,11 @@ class FiDecAgent(ResidualAgent):
             fisher_t = torch.full((B, K), cfg.fisher_t, device=self.device, dtype=self.dtype)
         return {"fisher_noise": fisher_noise, "fisher_x0": fisher_x0, "fisher_t": fisher_t}
 
+    def update_rollouts(self, batch, noise: FiDecNoise, *, with_metrics: bool) -> list[tuple]:
+        """The residual agents' rollouts and the K Fisher samples a~_k = euler(s, z_k) of SPEC 4."""
+        rollouts = super().update_rollouts(batch, noise, with_metrics=with_metrics)
+        return rollouts + [(batch["observations"], noise.fisher_noise)]
+
     @torch.no_grad()
     def fisher_samples(self, obs: torch.Tensor, noise: FiDecNoise) -> tuple[torch.Tensor, torch.Tensor]:
         """SPEC 4 without gradient: (velocity [B, K, d], x_t [B, K, d]) at the K Fisher points of each state."""

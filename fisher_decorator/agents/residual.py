@@ -90,6 +90,13 @@ class ResidualAgent(FlowAgent):
             for p in self.velocity_field.parameters():
                 p.grad = None
 
+    def update_rollouts(self, batch: Batch, noise: FlowNoise, *, with_metrics: bool) -> list[tuple]:
+        """The critic target's a_b(s') (SPEC 1), the base actions a_b(s) (SPEC 3) and, on logging steps, the
+        ``mse`` diagnostic's."""
+        obs = batch["observations"]
+        rollouts = [(batch["next_observations"], noise.next_action), (obs, noise.base)]
+        return rollouts + [(obs, noise.metric)] if with_metrics else rollouts
+
     def divergence(
         self, obs: torch.Tensor, residual: torch.Tensor, noise: FlowNoise, *, with_metrics: bool
     ) -> tuple[torch.Tensor, Info]:

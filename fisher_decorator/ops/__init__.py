@@ -5,6 +5,7 @@ from fisher_decorator.ops.euler_rollout import (
     ROLLOUT_DTYPES,
     RolloutWorkspace,
     euler_rollout,
+    euler_rollout_groups,
     stacked_euler_rollout,
 )
 from fisher_decorator.ops.fisher_penalty import fisher_matrix, fisher_penalty, flow_score
@@ -21,6 +22,7 @@ __all__ = [
     "backend_info",
     "compiled_module",
     "euler_rollout",
+    "euler_rollout_groups",
     "fisher_matrix",
     "fisher_penalty",
     "fisher_quadratic_jacobian",

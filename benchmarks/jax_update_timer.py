@@ -5,6 +5,10 @@ has jax, flax, optax, ml_collections and distrax, with DIR a checkout of the aut
 (github.com/ARC0127/Fisher-Decorator). Nothing of theirs is copied here: their modules are imported
 from DIR at run time. Sizes and flags as benchmarks/train_throughput.py (B=256, 4x512, K=8, N=10,
 obs 28 / action 5, fisher_t 0.9, width 0.05, normalize_q_loss; cube-single preset).
+
+``--serve``: after the warm-up, print one JSON line ``{"ready": ...}``, then for each line ``N`` read from
+stdin time N updates and print ``{"ms": [...]}``; an empty line or EOF ends it. train_throughput times
+the JAX update this way between its own rounds, so a shared host's drift hits both sides alike.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ def main() -> None:
     p.add_argument("--agent", choices=("fidec", "deflow"), default="fidec")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--updates", type=int, default=12)
+    p.add_argument("--serve", action="store_true", help="time updates on request (a line N on stdin)")
     args = p.parse_args()
     sys.path.insert(0, args.authors_repo)
     import jax
@@ -53,6 +58,22 @@ def main() -> None:
         agent, info = agent.update(batch)
         jax.block_until_ready(info)
     compile_s = time.perf_counter() - t0
+
+    def one() -> float:
+        nonlocal agent
+        t0 = time.perf_counter()
+        agent, info = agent.update(batch)
+        jax.block_until_ready(info)
+        return time.perf_counter() - t0
+
+    if args.serve:
+        print(json.dumps({"ready": True, "agent": args.agent, "jax": jax.__version__, "warmup_s": compile_s}),
+              flush=True)  # fmt: skip
+        for line in sys.stdin:
+            if not line.strip():
+                break
+            print(json.dumps({"ms": [1e3 * one() for _ in range(int(line))]}), flush=True)
+        return
     times = []
     for _ in range(args.updates):
         t0 = time.perf_counter()

@@ -62,6 +62,7 @@ from benchmarks.common import cpu_peak_bytes, cuda_peak_bytes, machine, quantile
 from fisher_decorator import gemm_path
 from fisher_decorator.agents import FiDecAgent, make_agent
 from fisher_decorator.flows import flow_rollouts
+from fisher_decorator.ops.euler_rollout import packed_linear_available
 from fisher_decorator.threads import configure_threads
 from fisher_decorator.trainer import resolve_configs
 
@@ -212,13 +213,16 @@ def time_optimizer(agent, n: int) -> float:
 
 
 def gemm_peak(dtype: torch.dtype, device: str, rounds: int = 20) -> float:
-    """GFLOP/s of the best of ``rounds`` 2048x512x512 GEMMs in ``dtype`` on the faster of MKL (torch.mm) and,
-    on a CPU, oneDNN's linear (this run's reference peak)."""
+    """GFLOP/s of the best of ``rounds`` 2048x512x512 GEMMs in ``dtype`` on the fastest of MKL (torch.mm) and,
+    on a CPU, oneDNN's linear on a plain and on a packed weight (this run's reference peak)."""
     a, w = torch.randn(2048, 512, device=device).to(dtype), torch.randn(512, 512, device=device).to(dtype)
     out = torch.empty(2048, 512, dtype=dtype, device=device)
     fns = [lambda: torch.mm(a, w, out=out)]
     if device == "cpu" and gemm_path.onednn_available():
         fns.append(lambda: torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], ""))
+        if packed_linear_available():
+            packed = torch.ops.mkldnn._reorder_linear_weight(w, 2048)
+            fns.append(lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], ""))
     for fn in fns:
         for _ in range(3):
             fn()
@@ -249,40 +253,51 @@ def time_toy() -> dict:
             "loadavg_after": os.getloadavg()}  # fmt: skip
 
 
-def time_authors_jax(args, agents: list[str], before: list[dict] | None = None) -> list[dict]:
-    """The authors' jitted update timed in a subprocess (their Python env). ``before``: rows of a first timing
-    (before ours); the rows returned then hold the mean of both p50s, and each."""
-    if not args.authors_repo:
-        raise SystemExit("--jax-python needs --authors-repo (a checkout of ARC0127/Fisher-Decorator)")
-    rows = []
-    for name in (a for a in agents if a in ("fidec", "deflow")):
-        cmd = [
-            args.jax_python,
-            "-m",
-            "benchmarks.jax_update_timer",
-            "--authors-repo",
-            args.authors_repo,
-            "--agent",
-            name,
-        ]
+class JaxTimer:
+    """The authors' jitted update in a server subprocess (their Python env; ``jax_update_timer --serve``),
+    timed on request between our rounds, so a shared host's drift hits both sides alike."""
+
+    def __init__(self, args, agent: str):
+        if not args.authors_repo:
+            raise SystemExit("--jax-python needs --authors-repo (a checkout of ARC0127/Fisher-Decorator)")
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=root)
-        if proc.returncode != 0:
-            raise RuntimeError(f"the JAX timer failed:\n{proc.stderr[-3000:]}")
-        res = json.loads(proc.stdout.strip().splitlines()[-1])
-        print(f"authors' JAX {name}: {res['p50_ms']:.1f} ms/update (jax {res['jax']})", flush=True)
-        rows.append({
-            "case": {"op": "train_update", "agent": name, "mode": "authors-jax", "B": B, "K": 8 if name == "fidec" else None,
-                     "N": 10, "hidden": [512] * 4, "obs": OBS, "act": ACT, "mse_every_update": True},
-            "p20_ms": res["p20_ms"], "p50_ms": res["p50_ms"], "p80_ms": res["p80_ms"],
-            "updates_per_s": 1e3 / res["p50_ms"], "jax": res["jax"], "rounds": res["updates"],
+        cmd = [args.jax_python, "-m", "benchmarks.jax_update_timer", "--authors-repo", args.authors_repo,
+               "--agent", agent, "--serve"]  # fmt: skip
+        self.agent = agent
+        self.proc = subprocess.Popen(
+            cmd, cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        self.info = self._read()
+        self.ms: list[float] = []
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the JAX timer failed:\n{self.proc.stderr.read()[-3000:]}")
+        return json.loads(line)
+
+    def time(self, n: int = 1) -> None:
+        self.proc.stdin.write(f"{n}\n")
+        self.proc.stdin.flush()
+        self.ms += self._read()["ms"]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.write("\n")
+            self.proc.stdin.flush()
+            self.proc.wait(timeout=60)
+
+    def row(self) -> dict:
+        p20, p50, p80 = quantiles([m / 1e3 for m in self.ms])
+        print(f"authors' JAX {self.agent}: {1e3 * p50:.1f} ms/update (jax {self.info['jax']}, interleaved)")
+        return {
+            "case": {"op": "train_update", "agent": self.agent, "mode": "authors-jax", "B": B,
+                     "K": 8 if self.agent == "fidec" else None, "N": 10, "hidden": [512] * 4, "obs": OBS,
+                     "act": ACT, "mse_every_update": True},
+            "p20_ms": 1e3 * p20, "p50_ms": 1e3 * p50, "p80_ms": 1e3 * p80, "updates_per_s": 1.0 / p50,
+            "jax": self.info["jax"], "rounds": len(self.ms), "interleaved_with_ours": True,
             "loadavg": os.getloadavg(),
-        })  # fmt: skip
-    for row, first in zip(rows, before or []):
-        p50s = [first["p50_ms"], row["p50_ms"]]
-        row.update(p50_ms_before_ours=p50s[0], p50_ms_after_ours=p50s[1], p50_ms=sum(p50s) / 2,
-                   updates_per_s=2e3 / sum(p50s), loadavg_before_ours=first["loadavg"])  # fmt: skip
-    return rows
+        }  # fmt: skip
 
 
 BUSY_LOOP = "print('running', flush=True)\nwhile True:\n    pass\n"
@@ -393,15 +408,22 @@ def main(argv=None) -> int:
         for _ in range(args.warmup):
             agent.update(batch, with_metrics=with_metrics)
         print(f"warm-up {key:<28} {time.perf_counter() - t0:7.1f} s", flush=True)
-    # the JAX update timed before and after ours: a shared machine's drift during the run hits both sides
-    jax_before = time_authors_jax(args, agents) if args.jax_python else []
+    # the JAX update timed in every round, between ours: a shared host's drift (GEMM throughput here moved
+    # between 147 and 196 GFLOP/s from one second to the next) hits both sides alike
+    jax = [JaxTimer(args, a) for a in agents if a in ("fidec", "deflow")] if args.jax_python else []
     load0 = os.getloadavg()
     times = {k: [] for k in cases}
-    for _ in range(args.rounds):
-        for key, (agent, batch, with_metrics) in cases.items():
-            use_path(agent)
-            times[key].append(timed(functools.partial(agent.update, batch, with_metrics=with_metrics)))
-    jax_rows = time_authors_jax(args, agents, before=jax_before) if args.jax_python else []
+    try:
+        for _ in range(args.rounds):
+            for key, (agent, batch, with_metrics) in cases.items():
+                use_path(agent)
+                times[key].append(timed(functools.partial(agent.update, batch, with_metrics=with_metrics)))
+            for timer in jax:
+                timer.time(1)
+    finally:
+        for timer in jax:
+            timer.close()
+    jax_rows = [timer.row() for timer in jax]
     peaks = {
         "float32": gemm_peak(torch.float32, args.device),
         "bfloat16": gemm_peak(torch.bfloat16, args.device),
@@ -428,6 +450,8 @@ def main(argv=None) -> int:
                              "losses_backward_other": 1e3 * (p50 - rollout_s - optim_s)},
             "update_flops": flops, "gflops_per_s": flops["total"] / p50 / 1e9,
             "gemm_peak_gflops": peak, "fraction_of_gemm_peak": flops["total"] / p50 / 1e9 / peak,
+            # the roofline: every model FLOP at the run's best GEMM rate, nothing else costing anything
+            "floor_ms_at_gemm_peak": flops["total"] / peak / 1e6,
             "peak_bytes": (cuda_peak_bytes if args.device.startswith("cuda") else cpu_peak_bytes)(
                 functools.partial(agent.update, batch, with_metrics=with_metrics)),
             "rounds": len(ts), "loadavg_before": load0, "loadavg_after": load1, "gemm_path": gemm,
@@ -438,6 +462,8 @@ def main(argv=None) -> int:
         for r in rows:
             if jax_row is not None and r["case"]["agent"] == name:
                 r["speedup_vs_authors_jax"] = jax_row["p50_ms"] / r["p50_ms"]
+                if "floor_ms_at_gemm_peak" in r:  # what no implementation of these FLOPs can beat here
+                    r["speedup_vs_authors_jax_at_gemm_peak"] = jax_row["p50_ms"] / r["floor_ms_at_gemm_peak"]
         base = next(
             (r for r in rows if r["case"]["agent"] == name and r["case"]["mode"] == "eager-reference"), None
         )
@@ -450,10 +476,14 @@ def main(argv=None) -> int:
             print(f"{c['agent']:<7} {c['mode']:<18} p50 {r['p50_ms']:8.1f} ms  {r['updates_per_s']:6.2f}/s  "
                   f"x{r.get('speedup_vs_eager_reference', float('nan')):.2f}  (jax {r['jax']})")  # fmt: skip
             continue
+        jax_note = ""
+        if "speedup_vs_authors_jax" in r:
+            jax_note = (f"  {r['speedup_vs_authors_jax']:.2f}x JAX (at most "
+                        f"{r['speedup_vs_authors_jax_at_gemm_peak']:.2f}x at GEMM peak)")  # fmt: skip
         print(f"{c['agent']:<7} {c['mode']:<18} p50 {r['p50_ms']:8.1f} ms  {r['updates_per_s']:6.2f}/s  "
               f"x{r.get('speedup_vs_eager_reference', float('nan')):.2f}  rollouts {r['breakdown_ms']['rollouts']:6.1f} "
               f"optim {r['breakdown_ms']['optimizer']:5.1f}  {r['gflops_per_s']:6.1f} GFLOP/s "
-              f"({100 * r['fraction_of_gemm_peak']:.0f}% of GEMM peak)")  # fmt: skip
+              f"({100 * r['fraction_of_gemm_peak']:.0f}% of GEMM peak){jax_note}")  # fmt: skip
     print(f"GEMM peak this run: fp32 {peaks['float32']:.0f} GFLOP/s, bf16 {peaks['bfloat16']:.0f} GFLOP/s")
     if args.loaded:
         rows += time_loaded(list(cases), args)

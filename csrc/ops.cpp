@@ -24,6 +24,11 @@ TORCH_LIBRARY(fidec, m) {
   // y = gelu_tanh(x) and dy = gelu_tanh'(x), any shape: the forward of the networks' GELU, whose
   // backward is then one multiply (grad * dy).
   m.def("gelu_fwd(Tensor x) -> (Tensor, Tensor)");
+  // h[r] <- gelu_tanh(state_bias[row_state[r]] + t * w_t + x[r] @ w_xT) in place: the first MLP layer of an
+  // Euler step in one pass (CPU; x, w_xT[d, H], state_bias, w_t in h's accumulation dtype).
+  m.def(
+      "rollout_first_layer_gelu_(Tensor(a!) h, Tensor x, Tensor w_xT, Tensor state_bias, Tensor w_t, float t, "
+      "Tensor row_state) -> ()");
 }
 
 #ifdef FIDEC_WITH_CUDA

@@ -41,6 +41,20 @@ def euler_rollout_ref(
     return x.clamp(-1.0, 1.0).reshape(shape)
 
 
+def rollout_first_layer_gelu_ref(
+    x: torch.Tensor,
+    w_xT: torch.Tensor,
+    state_bias: torch.Tensor,
+    w_t: torch.Tensor,
+    t: float,
+    row_state: torch.Tensor,
+) -> torch.Tensor:
+    """The first layer of an Euler step of the fused rollout: ``gelu_tanh(state_bias[row_state] + t w_t +
+    x @ w_xT)``, x [M, d], w_xT [d, H], state_bias [B, H] (``W_s s + b`` per state), w_t [H], row_state [M]
+    (each row's state). The reference of the CPU op ``fidec::rollout_first_layer_gelu_``."""
+    return torch.nn.functional.gelu(state_bias[row_state] + t * w_t + x @ w_xT, approximate="tanh")
+
+
 def split_first_layer(params: Params, obs_dim: int, d: int):
     """The first layer's weight split by input block: (W_s [H, obs], W_x [H, d], w_t [H])."""
     w1 = params[0][0]

@@ -90,3 +90,25 @@ def assert_rounded_at(
 def unclamped(actions: torch.Tensor, bound: float = 1.0) -> torch.Tensor:
     """Elements a clipped rollout did not clip (a clipped element is the same in every precision)."""
     return actions.detach().abs() < bound
+
+
+def bf16_spacing(x: torch.Tensor) -> torch.Tensor:
+    """The gap between bf16 neighbours at |x| (8 significant bits; subnormal gap below 2^-126)."""
+    e = torch.floor(torch.log2(x.abs().clamp(min=2.0**-126)))
+    return torch.exp2(e - 7)
+
+
+def assert_bf16_rounding_of(got: torch.Tensor, want_fp32: torch.Tensor, name: str) -> None:
+    """bf16 ``got`` is ``want_fp32`` (the fp32 kernel) rounded to nearest: half a bf16 step off, plus a few fp32
+    ulps because the two compiled loops may contract multiply-adds differently (8 ulps allowed)."""
+    g, w = got.float(), want_fp32
+    nan = torch.isnan(w)
+    assert torch.equal(torch.isnan(g), nan), f"{name}: NaN pattern differs"
+    inf = torch.isinf(w)
+    assert torch.equal(g[inf], w[inf]), f"{name}: infinities differ"
+    keep = ~nan & ~inf & torch.isfinite(g)
+    g, w = g[keep], w[keep]
+    half_step = 0.5 * torch.maximum(bf16_spacing(w), bf16_spacing(g))
+    fp32_slack = 8 * 2.0**-23 * w.abs() + 2.0**-149
+    worst = ((g - w).abs() / (half_step + fp32_slack)).max().item() if w.numel() else 0.0
+    assert worst <= 1.0, f"{name}: {worst:.3f} x the rounding bound from the fp32 kernel"

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from fisher_decorator.agents import AGENTS, FiDecConfig, make_agent
 import fisher_decorator.ops as ops_module
+from fisher_decorator.agents import AGENTS, FiDecConfig, make_agent
 from fisher_decorator.ops import available_backends, fisher_quadratic_jacobian
 from fisher_decorator.sampler import BatchPrefetcher, TransitionSampler
 from tests.precision import U_BF16, assert_rounded_at, unclamped

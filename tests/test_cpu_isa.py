@@ -20,7 +20,12 @@ pytestmark = pytest.mark.skipif("cpu" not in available_backends(), reason="compi
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # The tests of the ops whose fp32 rows are compiled per ISA (GELU kernels: the MLP ops and fused rollouts).
-ISA_TESTS = ["tests/test_gelu_ops.py", "tests/test_velocity_jvp.py", "tests/test_euler_rollout.py"]
+ISA_TESTS = [
+    "tests/test_gelu_ops.py",
+    "tests/test_rollout_first_layer.py",
+    "tests/test_velocity_jvp.py",
+    "tests/test_euler_rollout.py",
+]
 
 
 def _supported() -> list[str]:

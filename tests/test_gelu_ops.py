@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from fdkernels.linear_gelu import gelu_tanh_grad_ref, linear_gelu_ref
 from fisher_decorator.ops import available_backends
+from tests.precision import assert_bf16_rounding_of
 from tests.utils import assert_verbose_allclose
 
 pytestmark = pytest.mark.skipif("cpu" not in available_backends(), reason="compiled extension not built")
@@ -49,28 +50,6 @@ def test_gelu_jvp_matches_autograd(N, H, dtype):
     assert_verbose_allclose(ty, ty_ref.to(dtype), rtol=rtol, atol=atol * 4, name="ty")
 
 
-def _bf16_spacing(x: torch.Tensor) -> torch.Tensor:
-    """The gap between bf16 neighbours at |x| (8 significant bits; subnormal gap below 2^-126)."""
-    e = torch.floor(torch.log2(x.abs().clamp(min=2.0**-126)))
-    return torch.exp2(e - 7)
-
-
-def _is_fp32_kernel_rounded(got: torch.Tensor, want_fp32: torch.Tensor, name: str) -> None:
-    """bf16 ``got`` is ``want_fp32`` (the fp32 kernel) rounded to nearest: half a bf16 step off, plus a few fp32
-    ulps because the two compiled loops may contract multiply-adds differently (8 ulps allowed)."""
-    g, w = got.float(), want_fp32
-    nan = torch.isnan(w)
-    assert torch.equal(torch.isnan(g), nan), f"{name}: NaN pattern differs"
-    inf = torch.isinf(w)
-    assert torch.equal(g[inf], w[inf]), f"{name}: infinities differ"
-    keep = ~nan & ~inf & torch.isfinite(g)
-    g, w = g[keep], w[keep]
-    half_step = 0.5 * torch.maximum(_bf16_spacing(w), _bf16_spacing(g))
-    fp32_slack = 8 * 2.0**-23 * w.abs() + 2.0**-149
-    worst = ((g - w).abs() / (half_step + fp32_slack)).max().item() if w.numel() else 0.0
-    assert worst <= 1.0, f"{name}: {worst:.3f} x the rounding bound from the fp32 kernel"
-
-
 @pytest.mark.parametrize("H", [1, 7, 33, 512])
 def test_bf16_gelu_ops_are_the_fp32_kernels_rounded(H):
     """The bf16 rows (bit-pattern conversions, vectorised) against the fp32 rows on the widened inputs."""
@@ -86,18 +65,18 @@ def test_bf16_gelu_ops_are_the_fp32_kernels_rounded(H):
     torch.ops.fidec.bias_gelu_(got, b)
     want = h.float()
     torch.ops.fidec.bias_gelu_(want, b.float())
-    _is_fp32_kernel_rounded(got, want, "bias_gelu_")
+    assert_bf16_rounding_of(got, want, "bias_gelu_")
 
     y, dy = torch.ops.fidec.gelu_fwd(h)
     y32, dy32 = torch.ops.fidec.gelu_fwd(h.float())
-    _is_fp32_kernel_rounded(y, y32, "gelu_fwd y")
-    _is_fp32_kernel_rounded(dy, dy32, "gelu_fwd dy")
+    assert_bf16_rounding_of(y, y32, "gelu_fwd y")
+    assert_bf16_rounding_of(dy, dy32, "gelu_fwd dy")
 
     hf = h.reshape(15, H)
     out = torch.ops.fidec.gelu_jvp(hf, b[0], th)
     ref = torch.ops.fidec.gelu_jvp(hf.float(), b[0].float(), th.float())
     for name, o, r in zip(("y", "ty", "dy"), out, ref):
-        _is_fp32_kernel_rounded(o, r, f"gelu_jvp {name}")
+        assert_bf16_rounding_of(o, r, f"gelu_jvp {name}")
 
 
 def test_gelu_grad_reference_is_the_derivative():

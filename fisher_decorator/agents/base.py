@@ -329,7 +329,10 @@ class FlowAgent(nn.Module):
             return
         field = self.velocity_field
         outs = flow_rollouts(
-            field, [(field.select_obs(o), z) for o, z in rollouts], self.config.flow_steps, self.rollout_options
+            field,
+            [(field.select_obs(o), z) for o, z in rollouts],
+            self.config.flow_steps,
+            self.rollout_options,
         )
         self.__dict__["_prefetched"] = [(o, z, a) for (o, z), a in zip(rollouts, outs)]
         try:

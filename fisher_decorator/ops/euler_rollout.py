@@ -29,7 +29,6 @@ from fisher_decorator.ops.velocity_jvp import Params, check_velocity_inputs, mlp
 ROLLOUT_DTYPES = ("float32", "bfloat16", "tf32")
 
 
-
 @functools.cache
 def packed_linear_available() -> bool:
     """Whether oneDNN's linear takes a weight reordered once (``mkldnn._reorder_linear_weight``, what inductor
@@ -151,7 +150,9 @@ def _rollout_fused(
     if groups is None:
         groups = [(B, K)]
     elif S != 1 or sum(b for b, _ in groups) != B or sum(b * k for b, k in groups) != noise.shape[1]:
-        raise ValueError(f"groups {list(groups)} do not tile {B} states and {noise.shape[1]} noise rows (S = 1)")
+        raise ValueError(
+            f"groups {list(groups)} do not tile {B} states and {noise.shape[1]} noise rows (S = 1)"
+        )
     else:
         M = noise.shape[1]
     dev, dtype = s.device, layers[0][0].dtype
@@ -161,27 +162,45 @@ def _rollout_fused(
     H1 = w1.shape[1]
     acc = torch.float64 if noise.dtype == torch.float64 else torch.float32
 
-    state_bias = torch.baddbmm(b1[:, None, :], s.to(dtype), w_s.transpose(1, 2))  # [S, B, H1], once
     x = ws.buffer("x", (S, M, d), acc, dev)
     x.copy_(noise.reshape(S, M, d))
-    x_in = x if dtype == acc else ws.buffer("x_in", (S, M, d), dtype, dev)
-    bias = ws.buffer("bias", (S, B, H1), dtype, dev)
     h1 = ws.buffer("h1", (S, M, H1), dtype, dev)
     hid = [ws.buffer(f"h{j + 2}", (S, M, w.shape[1]), dtype, dev) for j, (w, _) in enumerate(hidden)]
     v = ws.buffer("v", (S, M, d), dtype, dev)
     onednn = use_onednn and S == 1  # oneDNN's fused linear is a 2-D op
+    # one pass for the first layer (x's d-wide product, state and time bias, GELU) where the kernel exists;
+    # its sums run in the accumulation dtype on the compute-dtype weights
+    first = S == 1 and out_layer is not None and _first_layer_kernel(dev)
+    if first:
+        state_bias = torch.addmm(b1[0].to(acc), s[0].to(acc), w_s[0].to(acc).t())  # [B, H1], once
+        w_xT, w_t1 = w_x[0].to(acc).t().contiguous(), w_t[0].to(acc).contiguous()
+        row_state = torch.cat(
+            [
+                torch.arange(b, device=dev).repeat_interleave(k) + off
+                for (b, k), off in zip(groups, _offsets(groups))
+            ]
+        )
+    else:
+        state_bias = torch.baddbmm(b1[:, None, :], s.to(dtype), w_s.transpose(1, 2))  # [S, B, H1], once
+        x_in = x if dtype == acc else ws.buffer("x_in", (S, M, d), dtype, dev)
+        bias = ws.buffer("bias", (S, B, H1), dtype, dev)
     for i in range(steps):
-        if x_in is not x:
-            x_in.copy_(x)
-        torch.add(state_bias, w_t[:, None, :], alpha=i / steps, out=bias)
-        _matmul_out(x_in, w_x, h1)
-        if out_layer is None:  # a one-layer "MLP": the first layer is the output
+        if first:
+            torch.ops.fidec.rollout_first_layer_gelu_(
+                h1[0], x[0], w_xT, state_bias, w_t1, i / steps, row_state
+            )
+        else:
+            if x_in is not x:
+                x_in.copy_(x)
+            torch.add(state_bias, w_t[:, None, :], alpha=i / steps, out=bias)
+            _matmul_out(x_in, w_x, h1)
+            if out_layer is None:  # a one-layer "MLP": the first layer is the output
+                for hg, bg in _group_views(h1, bias, groups):
+                    hg.add_(bg[:, None, :])
+                x.add_(h1, alpha=1.0 / steps)
+                continue
             for hg, bg in _group_views(h1, bias, groups):
-                hg.add_(bg[:, None, :])
-            x.add_(h1, alpha=1.0 / steps)
-            continue
-        for hg, bg in _group_views(h1, bias, groups):
-            _bias_gelu_(hg, bg)
+                _bias_gelu_(hg, bg)
         a = h1
         for j, ((w, b), buf) in enumerate(zip(hidden, hid)):
             if packed is not None:
@@ -197,6 +216,20 @@ def _rollout_fused(
         torch.baddbmm(b_out[:, None, :], a, w_out.transpose(1, 2), out=v)
         x.add_(v, alpha=1.0 / steps)
     return x.clamp(-1.0, 1.0).to(noise.dtype).reshape(shape)
+
+
+def _first_layer_kernel(device: torch.device) -> bool:
+    """Whether ``fidec::rollout_first_layer_gelu_`` runs here (the compiled extension, a CPU tensor)."""
+    return device.type == "cpu" and _load()[0] is not None
+
+
+def _offsets(groups: Sequence[tuple[int, int]]) -> list[int]:
+    """The first state index of each group."""
+    out, n = [], 0
+    for b, _ in groups:
+        out.append(n)
+        n += b
+    return out
 
 
 def _group_views(h: torch.Tensor, bias: torch.Tensor, groups: Sequence[tuple[int, int]]):

@@ -4,6 +4,8 @@
 ``fidec::gelu_fwd(x) -> (y, dy)``: GELU-tanh and its derivative, any shape.
 ``fidec::bias_gelu_(h[G, R, H], bias[G, H])``: in place, ``h <- gelu_tanh(h + bias[g])``.
 ``fidec::gelu_jvp(h[N, H], bias[H], th[N, H]) -> (y, ty, dy)``: GELU, its tangent and derivative.
+``fidec::rollout_first_layer_gelu_(h, x, w_xT, state_bias, w_t, t, row_state)``: an Euler step's first layer
+(:func:`fdkernels.euler_rollout.rollout_first_layer_gelu_ref`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ if _HAVE_OPS:  # the ops exist only when the extension is built
 
     @torch.library.register_fake("fidec::bias_gelu_")
     def _bias_gelu_fake(h, bias):
+        return None
+
+    @torch.library.register_fake("fidec::rollout_first_layer_gelu_")
+    def _rollout_first_layer_gelu_fake(h, x, w_xT, state_bias, w_t, t, row_state):
         return None
 
 

@@ -41,6 +41,9 @@ CACHE_FILE = "gemm_path.json"
 CHOICE_ENV = "FIDEC_GEMM_CHOICE"
 PROBE_ROWS = (256, 1024)
 PROBE_WIDTH = 512
+# bumped when the candidates change (2: oneDNN's linear + GELU as the rollouts run it, on a packed weight),
+# so a choice cached by an older probe is measured again
+PROBE_VERSION = 2
 # a probe whose median round is this much slower than its best was taken on a busy machine: not cached
 NOISY_SPREAD = 1.5
 # oneDNN is chosen only when this much faster than MKL: a tie keeps ATen's default path
@@ -79,22 +82,32 @@ def machine_key() -> str:
     from fisher_decorator.info import cpu_flags, cpu_name
 
     isa = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma")))
-    return f"{cpu_name()}|{','.join(isa)}|threads={torch.get_num_threads()}|torch={torch.__version__}"
+    return (
+        f"{cpu_name()}|{','.join(isa)}|threads={torch.get_num_threads()}|torch={torch.__version__}"
+        f"|probe={PROBE_VERSION}"
+    )
 
 
 def _candidates(dtype: torch.dtype, rows: int, g: torch.Generator) -> dict[tuple[str, str], callable]:
-    from fisher_decorator.ops.euler_rollout import _bias_gelu_
+    from fisher_decorator.ops.euler_rollout import PACK_MIN_ROWS, _bias_gelu_, packed_linear_available
 
     a = torch.randn(rows, PROBE_WIDTH, generator=g).to(dtype)
     w = torch.randn(PROBE_WIDTH, PROBE_WIDTH, generator=g).to(dtype)
     b = torch.randn(PROBE_WIDTH, generator=g).to(dtype)
     out = torch.empty(rows, PROBE_WIDTH, dtype=dtype)
     lp = torch.ops.mkldnn._linear_pointwise
+    # linear + GELU on oneDNN as the rollouts run it: on a packed weight with our bias + GELU pass from
+    # PACK_MIN_ROWS rows on (the pack is made once per rollout, so it is left out), else oneDNN's post-op
+    if rows >= PACK_MIN_ROWS and packed_linear_available():
+        packed = torch.ops.mkldnn._reorder_linear_weight(w, rows)
+        onednn_gelu = lambda: _bias_gelu_(lp(a, packed, None, "none", [], "")[None], b[None])  # noqa: E731
+    else:
+        onednn_gelu = lambda: lp(a, w, b, "gelu", [], "tanh")  # noqa: E731
     return {
         ("linear", "mkl"): lambda: torch.addmm(b, a, w.t(), out=out),
         ("linear", "onednn"): lambda: lp(a, w, b, "none", [], ""),
         ("linear_gelu", "mkl"): lambda: _bias_gelu_(torch.mm(a, w.t(), out=out)[None], b[None]),
-        ("linear_gelu", "onednn"): lambda: lp(a, w, b, "gelu", [], "tanh"),
+        ("linear_gelu", "onednn"): onednn_gelu,
     }
 
 

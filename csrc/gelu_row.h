@@ -90,4 +90,40 @@ FIDEC_HD T gelu_tanh(T h) {
   return T(0.5) * h * (T(1) + tanh_any(beta * (h + kappa * h * h * h)));
 }
 
+// exp(z) for z clamped to [-87, 87]: n = round(z / ln 2) by the 1.5 * 2^23 shifter, r = z - n ln 2 in two parts
+// (Cody-Waite), e^r by its degree-7 Taylor polynomial on |r| <= ln(2) / 2, times 2^n from the exponent bits.
+FIDEC_HD float exp_clamped_f32(float z) {
+  // |z| <= 87 by an integer min on its bit pattern (a float compare-select keeps GCC from vectorising)
+  int32_t ab = bits_of(fabsf(z));
+  ab = ab < 0x42AE0000 ? ab : 0x42AE0000;  // 87.0f
+  z = copysignf(float_of(ab), z);
+  const float shifter = 12582912.0f;  // 1.5 * 2^23
+  const float nf = (z * 1.4426950408889634f + shifter) - shifter;
+  const float r = (z - nf * 0.693145751953125f) - nf * 1.428606765330187e-06f;
+  float p = 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  return p * float_of((static_cast<int32_t>(nf) + 127) << 23);
+}
+
+// fp32 GELU as h sigmoid(2u) = h / (1 + e^(-2u)), the same function as 0.5 h (1 + tanh u): one exp and one
+// division, no sign handling (~25% fewer operations than the tanh form; the rollouts' GELU passes are ~10%
+// of a bf16 update).
+template <>
+FIDEC_HD float gelu_tanh<float>(float h) {
+  const float beta = static_cast<float>(kGeluBeta), kappa = static_cast<float>(kGeluKappa);
+  const float z = -2.0f * beta * (h + kappa * h * h * h);
+  // past z = 87, sigmoid(-z) < 2^-125: the product h * 0 (-0 for finite h, NaN for -inf: as the tanh form and
+  // torch, which compute h * (1 + tanh u) = -inf * 0 there)
+  const float y = h / (1.0f + exp_clamped_f32(z)), y_sat = h * 0.0f;
+  // z >= 87 (or a NaN z) <=> its bit pattern, read as an integer, is at least 87's: selected by bit masks
+  const int32_t sat = bits_of(z) >= 0x42AE0000 ? -1 : 0;
+  return float_of((bits_of(y) & ~sat) | (bits_of(y_sat) & sat));
+}
+
 }  // namespace fidec

@@ -50,7 +50,8 @@ SMALL = dict(actor_hidden_dims=(16, 16), value_hidden_dims=(16, 16), flow_steps=
 #   in the first steps, so a gradient's relative rounding error becomes that much times lr): 4 u lr with
 #   fp32 rollouts; with bf16 rollouts a gradient element within bf16 rounding of zero may change sign,
 #   so the step may go either way: 2 lr;
-# - Adam's moments: 4 u max|moment|;
+# - Adam's moments: 4 u max|moment| for exp_avg; twice that for exp_avg_sq, whose g^2 doubles each gradient's
+#   relative rounding error;
 # u is the unit roundoff of the rollouts (fp32, or bf16 for bf16 rollouts).
 FLOOR_ROUNDINGS = 4
 
@@ -158,8 +159,8 @@ def assert_matches(runs: Runs, u: float = U_FP32) -> None:
         assert ow.keys() == og.keys() == oe.keys()
         for j in ow:
             assert float(og[j]["step"]) == float(ow[j]["step"])
-            for k in ("exp_avg", "exp_avg_sq"):
-                floor = FLOOR_ROUNDINGS * u * oe[j][k].abs().max().item()
+            for k, squares in (("exp_avg", 1), ("exp_avg_sq", 2)):
+                floor = squares * FLOOR_ROUNDINGS * u * oe[j][k].abs().max().item()
                 assert_as_accurate(
                     og[j][k], ow[j][k], oe[j][k], floor=floor, name=f"seed {seed} Adam {j} {k}"
                 )

@@ -29,6 +29,9 @@ TORCH_LIBRARY(fidec, m) {
   m.def(
       "rollout_first_layer_gelu_(Tensor(a!) h, Tensor x, Tensor w_xT, Tensor state_bias, Tensor w_t, float t, "
       "Tensor row_state) -> ()");
+  // x[r] += scale * (b_out + w_out @ gelu_tanh(h[r] + b)) in place: an Euler step's last hidden bias + GELU, output
+  // layer and update in one pass (CPU; h in x's dtype or bf16, b, w_out[d, H], b_out in x's dtype).
+  m.def("rollout_out_layer_euler_(Tensor(a!) x, Tensor h, Tensor b, Tensor w_out, Tensor b_out, float scale) -> ()");
 }
 
 #ifdef FIDEC_WITH_CUDA

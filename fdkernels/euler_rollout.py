@@ -55,6 +55,16 @@ def rollout_first_layer_gelu_ref(
     return torch.nn.functional.gelu(state_bias[row_state] + t * w_t + x @ w_xT, approximate="tanh")
 
 
+def rollout_out_layer_euler_ref(
+    x: torch.Tensor, h: torch.Tensor, b: torch.Tensor, w_out: torch.Tensor, b_out: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """The end of an Euler step of the fused rollout: ``x + scale (b_out + gelu_tanh(h + b) @ w_out^T)``, x [M, d],
+    h [M, H] (the last hidden layer's GEMM output, bias not added), b [H], w_out [d, H], b_out [d], scale 1/N.
+    The reference of the CPU op ``fidec::rollout_out_layer_euler_`` (which updates x in place)."""
+    a = torch.nn.functional.gelu(h.to(x.dtype) + b, approximate="tanh")
+    return x + scale * (b_out + a @ w_out.t())
+
+
 def split_first_layer(params: Params, obs_dim: int, d: int):
     """The first layer's weight split by input block: (W_s [H, obs], W_x [H, d], w_t [H])."""
     w1 = params[0][0]

@@ -22,7 +22,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 # The tests of the ops whose fp32 rows are compiled per ISA (GELU kernels: the MLP ops and fused rollouts).
 ISA_TESTS = [
     "tests/test_gelu_ops.py",
-    "tests/test_rollout_first_layer.py",
+    "tests/test_rollout_layers.py",
     "tests/test_velocity_jvp.py",
     "tests/test_euler_rollout.py",
 ]

@@ -184,6 +184,11 @@ def _rollout_fused(
         state_bias = torch.baddbmm(b1[:, None, :], s.to(dtype), w_s.transpose(1, 2))  # [S, B, H1], once
         x_in = x if dtype == acc else ws.buffer("x_in", (S, M, d), dtype, dev)
         bias = ws.buffer("bias", (S, B, H1), dtype, dev)
+    # and one pass for the end of the step (last hidden bias + GELU, the d-wide output layer, x += v / N)
+    last_fused = first and len(hidden) >= 1
+    if last_fused:
+        b_last = hidden[-1][1][0].to(acc)
+        w_out1, b_out1 = out_layer[0][0].to(acc).contiguous(), out_layer[1][0].to(acc)
     for i in range(steps):
         if first:
             torch.ops.fidec.rollout_first_layer_gelu_(
@@ -203,19 +208,29 @@ def _rollout_fused(
                 _bias_gelu_(hg, bg)
         a = h1
         for j, ((w, b), buf) in enumerate(zip(hidden, hid)):
+            raw = last_fused and j == len(hidden) - 1  # its bias + GELU go to the output pass below
             if packed is not None:
                 a = torch.ops.mkldnn._linear_pointwise(a[0], packed[j], None, "none", [], "")[None]
-                _bias_gelu_(a, b)
             elif onednn:
-                a = torch.ops.mkldnn._linear_pointwise(a[0], w[0], b[0], "gelu", [], "tanh")[None]
+                a = torch.ops.mkldnn._linear_pointwise(a[0], w[0], None if raw else b[0], *_post(raw))[None]
+                continue
             else:
                 _matmul_out(a, w, buf)
-                _bias_gelu_(buf, b)
                 a = buf
+            if not raw:
+                _bias_gelu_(a, b)
+        if last_fused:
+            torch.ops.fidec.rollout_out_layer_euler_(x[0], a[0], b_last, w_out1, b_out1, 1.0 / steps)
+            continue
         w_out, b_out = out_layer
         torch.baddbmm(b_out[:, None, :], a, w_out.transpose(1, 2), out=v)
         x.add_(v, alpha=1.0 / steps)
     return x.clamp(-1.0, 1.0).to(noise.dtype).reshape(shape)
+
+
+def _post(raw: bool) -> tuple:
+    """oneDNN linear's post-op arguments: none for a raw GEMM output, else GELU-tanh."""
+    return ("none", [], "") if raw else ("gelu", [], "tanh")
 
 
 def _first_layer_kernel(device: torch.device) -> bool:

@@ -6,6 +6,8 @@
 ``fidec::gelu_jvp(h[N, H], bias[H], th[N, H]) -> (y, ty, dy)``: GELU, its tangent and derivative.
 ``fidec::rollout_first_layer_gelu_(h, x, w_xT, state_bias, w_t, t, row_state)``: an Euler step's first layer
 (:func:`fdkernels.euler_rollout.rollout_first_layer_gelu_ref`).
+``fidec::rollout_out_layer_euler_(x, h, b, w_out, b_out, scale)``: an Euler step's last hidden bias + GELU, output
+layer and update (:func:`fdkernels.euler_rollout.rollout_out_layer_euler_ref`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ if _HAVE_OPS:  # the ops exist only when the extension is built
 
     @torch.library.register_fake("fidec::rollout_first_layer_gelu_")
     def _rollout_first_layer_gelu_fake(h, x, w_xT, state_bias, w_t, t, row_state):
+        return None
+
+    @torch.library.register_fake("fidec::rollout_out_layer_euler_")
+    def _rollout_out_layer_euler_fake(x, h, b, w_out, b_out, scale):
         return None
 
 

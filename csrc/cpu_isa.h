@@ -14,4 +14,17 @@ const char* cpu_isa_name(CpuIsa isa);
 // Variants this build has and this CPU can run, best first, e.g. "avx512,avx2,baseline".
 const char* supported_cpu_isas();
 
+// The table of row functions compiled for the active variant (each kernel file compiles one table per variant).
+template <typename Rows>
+const Rows& rows_for_active_isa(const Rows& avx512, const Rows& avx2, const Rows& baseline) {
+  switch (active_cpu_isa()) {
+    case CpuIsa::Avx512:
+      return avx512;
+    case CpuIsa::Avx2:
+      return avx2;
+    default:
+      return baseline;
+  }
+}
+
 }  // namespace fidec

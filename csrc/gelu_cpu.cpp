@@ -57,14 +57,6 @@ FIDEC_ALWAYS_INLINE void gelu_fwd_row_f32_body(const float* __restrict__ x, floa
 // bf16 rows: the fp32 arithmetic above on values widened from bf16, rounded back to nearest-even
 // (c10's BFloat16 conversions, NaN -> 0x7FC0), written on the bit patterns so the whole loop vectorises;
 // the scalar at::BFloat16 loop it replaces ran ~6x slower than fp32 (the rollouts' bf16 GELU).
-FIDEC_ALWAYS_INLINE float bf16_to_f32(uint16_t b) { return float_of(static_cast<int32_t>(static_cast<uint32_t>(b) << 16)); }
-
-FIDEC_ALWAYS_INLINE uint16_t f32_to_bf16(float f) {
-  const uint32_t u = static_cast<uint32_t>(bits_of(f));
-  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-  return (u & 0x7FFFFFFFu) > 0x7F800000u ? static_cast<uint16_t>(0x7FC0) : static_cast<uint16_t>(rounded);
-}
-
 FIDEC_ALWAYS_INLINE void bias_gelu_row_bf16_body(uint16_t* __restrict__ h, const uint16_t* __restrict__ b,
                                                  int64_t H) {
 #pragma omp simd
@@ -143,18 +135,11 @@ FIDEC_GELU_ROWS(avx512, __attribute__((target("avx512f,avx512bw"))))
 #endif
 
 const GeluRowsF32& gelu_rows_f32() {
-  static const GeluRowsF32 rows = [] {
-    switch (active_cpu_isa()) {
 #ifdef FIDEC_MULTI_ISA
-      case CpuIsa::Avx512:
-        return kGeluRows_avx512;
-      case CpuIsa::Avx2:
-        return kGeluRows_avx2;
+  static const GeluRowsF32& rows = rows_for_active_isa(kGeluRows_avx512, kGeluRows_avx2, kGeluRows_baseline);
+#else
+  static const GeluRowsF32& rows = kGeluRows_baseline;
 #endif
-      default:
-        return kGeluRows_baseline;
-    }
-  }();
   return rows;
 }
 

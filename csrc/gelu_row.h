@@ -31,6 +31,18 @@ FIDEC_HD float float_of(int32_t b) {
 #endif
 }
 
+// e^r on |r| <= ln(2) / 2 by its degree-7 Taylor polynomial (relative error < 1e-8 there).
+FIDEC_HD float exp_reduced_f32(float r) {
+  float p = 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  return p * r + 1.0f;
+}
+
 // exp(-y) for y >= 0 (clamped at 87, where it underflows float): 2^(-y log2 e) split into
 // 2^n * 2^f with n = round(-y log2 e), |f| <= 1/2, and 2^f = e^(f ln 2) by its degree-7 Taylor
 // polynomial (relative error < 1e-8 on |f| <= 1/2). Branch-free, so loops of it vectorise.
@@ -43,16 +55,8 @@ FIDEC_HD float exp_neg_f32(float y) {
   const float z = -y * 1.4426950408889634f;
   const int32_t n = static_cast<int32_t>(z - 0.5f);  // round to nearest: z <= 0 and the cast truncates
   const float r = (z - static_cast<float>(n)) * 0.6931471805599453f;
-  float p = 1.0f / 5040.0f;
-  p = p * r + 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
   const int32_t bits = (n + 127) << 23;  // 2^n for n in [-126, 0]
-  return p * float_of(bits);
+  return exp_reduced_f32(r) * float_of(bits);
 }
 
 // tanh(u) = sign(u) (1 - e) / (1 + e), e = exp(-2|u|) in (0, 1]: no overflow anywhere.
@@ -91,7 +95,7 @@ FIDEC_HD T gelu_tanh(T h) {
 }
 
 // exp(z) for z clamped to [-87, 87]: n = round(z / ln 2) by the 1.5 * 2^23 shifter, r = z - n ln 2 in two parts
-// (Cody-Waite), e^r by its degree-7 Taylor polynomial on |r| <= ln(2) / 2, times 2^n from the exponent bits.
+// (Cody-Waite), e^r times 2^n from the exponent bits.
 FIDEC_HD float exp_clamped_f32(float z) {
   // |z| <= 87 by an integer min on its bit pattern (a float compare-select keeps GCC from vectorising)
   int32_t ab = bits_of(fabsf(z));
@@ -100,15 +104,7 @@ FIDEC_HD float exp_clamped_f32(float z) {
   const float shifter = 12582912.0f;  // 1.5 * 2^23
   const float nf = (z * 1.4426950408889634f + shifter) - shifter;
   const float r = (z - nf * 0.693145751953125f) - nf * 1.428606765330187e-06f;
-  float p = 1.0f / 5040.0f;
-  p = p * r + 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  return p * float_of((static_cast<int32_t>(nf) + 127) << 23);
+  return exp_reduced_f32(r) * float_of((static_cast<int32_t>(nf) + 127) << 23);
 }
 
 // fp32 GELU as h sigmoid(2u) = h / (1 + e^(-2u)), the same function as 0.5 h (1 + tanh u): one exp and one
@@ -124,6 +120,16 @@ FIDEC_HD float gelu_tanh<float>(float h) {
   // z >= 87 (or a NaN z) <=> its bit pattern, read as an integer, is at least 87's: selected by bit masks
   const int32_t sat = bits_of(z) >= 0x42AE0000 ? -1 : 0;
   return float_of((bits_of(y) & ~sat) | (bits_of(y_sat) & sat));
+}
+
+// bf16 <-> fp32 on the bit patterns (c10's conversions: widening is exact, narrowing rounds to nearest even and
+// maps every NaN to 0x7FC0), written so loops of them vectorise.
+FIDEC_HD float bf16_to_f32(uint16_t b) { return float_of(static_cast<int32_t>(static_cast<uint32_t>(b) << 16)); }
+
+FIDEC_HD uint16_t f32_to_bf16(float f) {
+  const uint32_t u = static_cast<uint32_t>(bits_of(f));
+  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  return (u & 0x7FFFFFFFu) > 0x7F800000u ? static_cast<uint16_t>(0x7FC0) : static_cast<uint16_t>(rounded);
 }
 
 }  // namespace fidec

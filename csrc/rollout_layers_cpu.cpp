@@ -30,16 +30,6 @@
 namespace fidec {
 namespace {
 
-FIDEC_ALWAYS_INLINE float bf16_to_f32(uint16_t b) {
-  return float_of(static_cast<int32_t>(static_cast<uint32_t>(b) << 16));
-}
-
-FIDEC_ALWAYS_INLINE uint16_t f32_to_bf16_rne(float f) {
-  const uint32_t u = static_cast<uint32_t>(bits_of(f));
-  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-  return (u & 0x7FFFFFFFu) > 0x7F800000u ? static_cast<uint16_t>(0x7FC0) : static_cast<uint16_t>(rounded);
-}
-
 // acc[j] = sb[j] + t w_t[j] + sum_k x[k] w_xT[k, j]: the k loop outside, so every inner loop runs over
 // contiguous j and vectorises.
 FIDEC_ALWAYS_INLINE void first_layer_acc(float* __restrict__ acc, const float* __restrict__ x,
@@ -69,7 +59,7 @@ FIDEC_ALWAYS_INLINE void first_layer_row_bf16_body(uint16_t* __restrict__ h, con
                                                    float* __restrict__ acc) {
   first_layer_acc(acc, x, wxT, sb, wt, t, d, H);
 #pragma omp simd
-  for (int64_t j = 0; j < H; ++j) h[j] = f32_to_bf16_rne(gelu_tanh<float>(acc[j]));
+  for (int64_t j = 0; j < H; ++j) h[j] = f32_to_bf16(gelu_tanh<float>(acc[j]));
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -116,14 +106,14 @@ using OutRowF32Fn = void (*)(float*, const float*, const float*, const float*, c
 using OutRowBf16Fn = void (*)(float*, const uint16_t*, const float*, const float*, const float*, float, int64_t,
                               int64_t, float*);
 
-struct FirstLayerRows {
+struct RolloutLayerRows {
   RowF32Fn f32;
   RowBf16Fn bf16;
   OutRowF32Fn out_f32;
   OutRowBf16Fn out_bf16;
 };
 
-#define FIDEC_FIRST_LAYER_ROWS(ISA, ATTR)                                                                     \
+#define FIDEC_ROLLOUT_LAYER_ROWS(ISA, ATTR)                                                                     \
   ATTR void first_layer_row_f32_##ISA(float* h, const float* x, const float* wxT, const float* sb,            \
                                       const float* wt, float t, int64_t d, int64_t H) {                       \
     first_layer_row_f32_body(h, x, wxT, sb, wt, t, d, H);                                                     \
@@ -140,28 +130,22 @@ struct FirstLayerRows {
                                      const float* bo, float scale, int64_t d, int64_t H, float* a) {          \
     out_layer_row_bf16_body(x, h, b, w, bo, scale, d, H, a);                                                  \
   }                                                                                                           \
-  constexpr FirstLayerRows kFirstLayerRows_##ISA{first_layer_row_f32_##ISA, first_layer_row_bf16_##ISA,       \
+  constexpr RolloutLayerRows kRolloutLayerRows_##ISA{first_layer_row_f32_##ISA, first_layer_row_bf16_##ISA,       \
                                                  out_layer_row_f32_##ISA, out_layer_row_bf16_##ISA};
 
-FIDEC_FIRST_LAYER_ROWS(baseline, )
+FIDEC_ROLLOUT_LAYER_ROWS(baseline, )
 #ifdef FIDEC_MULTI_ISA
-FIDEC_FIRST_LAYER_ROWS(avx2, __attribute__((target("avx2"))))
-FIDEC_FIRST_LAYER_ROWS(avx512, __attribute__((target("avx512f,avx512bw"))))
+FIDEC_ROLLOUT_LAYER_ROWS(avx2, __attribute__((target("avx2"))))
+FIDEC_ROLLOUT_LAYER_ROWS(avx512, __attribute__((target("avx512f,avx512bw"))))
 #endif
 
-const FirstLayerRows& first_layer_rows() {
-  static const FirstLayerRows rows = [] {
-    switch (active_cpu_isa()) {
+const RolloutLayerRows& rollout_layer_rows() {
 #ifdef FIDEC_MULTI_ISA
-      case CpuIsa::Avx512:
-        return kFirstLayerRows_avx512;
-      case CpuIsa::Avx2:
-        return kFirstLayerRows_avx2;
+  static const RolloutLayerRows& rows =
+      rows_for_active_isa(kRolloutLayerRows_avx512, kRolloutLayerRows_avx2, kRolloutLayerRows_baseline);
+#else
+  static const RolloutLayerRows& rows = kRolloutLayerRows_baseline;
 #endif
-      default:
-        return kFirstLayerRows_baseline;
-    }
-  }();
   return rows;
 }
 
@@ -218,7 +202,7 @@ void rollout_first_layer_gelu_cpu_(at::Tensor& h, const at::Tensor& x, const at:
   const float *xp = xc.const_data_ptr<float>(), *wp = wc.const_data_ptr<float>();
   const float *sbp = sbc.const_data_ptr<float>(), *wtp = wtc.const_data_ptr<float>();
   const float tf = static_cast<float>(t);
-  const auto& rows = first_layer_rows();
+  const auto& rows = rollout_layer_rows();
   if (hd == at::kFloat) {
     float* hp = h.mutable_data_ptr<float>();
     at::parallel_for(0, M, grain, [&](int64_t r0, int64_t r1) {
@@ -275,7 +259,7 @@ void rollout_out_layer_euler_cpu_(at::Tensor& x, const at::Tensor& h, const at::
   const float *bp = bc.const_data_ptr<float>(), *wp = wc.const_data_ptr<float>(), *bop = boc.const_data_ptr<float>();
   float* xp = x.mutable_data_ptr<float>();
   const float sf = static_cast<float>(scale);
-  const auto& rows = first_layer_rows();
+  const auto& rows = rollout_layer_rows();
   at::parallel_for(0, M, grain, [&](int64_t r0, int64_t r1) {
     std::vector<float> a(static_cast<size_t>(H));
     if (hd == at::kFloat) {

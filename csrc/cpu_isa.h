@@ -3,6 +3,14 @@
 // on one machine. Resolved once, at the extension's import.
 #pragma once
 
+// Kernel files compile one table of row functions per variant where GCC can target x86 ISAs (FIDEC_MULTI_ISA),
+// and inline their row bodies into each variant's functions (FIDEC_ALWAYS_INLINE).
+#if defined(__GNUC__) && defined(__x86_64__)
+#define FIDEC_MULTI_ISA 1
+#endif
+
+#define FIDEC_ALWAYS_INLINE inline __attribute__((always_inline))
+
 namespace fidec {
 
 enum class CpuIsa { Baseline = 0, Avx2 = 1, Avx512 = 2 };

@@ -21,12 +21,6 @@
 #include "cpu_isa.h"
 #include "gelu_row.h"
 
-#if defined(__GNUC__) && defined(__x86_64__)
-#define FIDEC_MULTI_ISA 1
-#endif
-
-#define FIDEC_ALWAYS_INLINE inline __attribute__((always_inline))
-
 namespace fidec {
 namespace {
 
